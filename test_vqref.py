@@ -59,7 +59,7 @@ def test_grad_check_detects_a_gradient_missing_the_encoder_path():
     X, W, E = random_point(5)
     nW, _ = vqref.numerical_grads(X, W, E, estimator="ste")
     Q = E[brute_assign(X @ W, E)]
-    dW_decoder_only = ((2.0 / len(X)) * (Q @ W.T - X)).T @ Q          # eq. 6 alone
+    dW_decoder_only = ((2.0 / len(X)) * (Q @ W.T - X)).T @ Q          # eq. 8 alone
     assert vqref.relative_error(dW_decoder_only, nW) > 1e-2
     _, dW, _ = vqref.loss_and_grads(X, W, E, estimator="ste")
     assert vqref.relative_error(dW * (1 + 1e-4), nW) > 1e-5

@@ -128,7 +128,7 @@ def make_data(n, D=64, *, seed=0, rank=4, decay=0.9, scale=2.0, noise=0.012):
     rank, decay, scale, noise
         Signal rank (capped at ``D``), geometric decay of the signal variances,
         variance of the first signal direction, and noise variance per dimension.
-        The defaults put the PCA + Lloyd-Max baseline at D=64, m=4 within 2% of
+        The defaults put the PCA + Lloyd-Max baseline at D=64, m=4 within 3% of
         the study's reconstruction MSE for K = 8..64 (README, "Data").
 
     Returns
@@ -374,7 +374,7 @@ def rotation_factors(Z, Q):
     """Frozen factors of the rotation trick's map ``q = sg(lam * R) z`` [3].
 
     ``lam = ||e|| / ||z||`` and ``R = I - 2 w w^T + 2 v u^T`` with ``u = z/||z||``,
-    ``v = e/||e||``, ``w = (u + v)/||u + v||`` (README eq. 9), so that
+    ``v = e/||e||``, ``w = (u + v)/||u + v||`` (README eq. 6), so that
     ``R u = v`` and ``lam * R z = e``. Degenerate rows get a defined map:
 
     * ``e`` parallel to ``z`` (``u == v``, including ``e == z``): ``R = I``, and
@@ -423,7 +423,7 @@ def rotation_factors(Z, Q):
 
 
 def apply_rotation(G, factors, *, transpose=False):
-    """Apply ``lam * R`` (or ``lam * R^T``) row by row to ``G`` (README eqs. 9, 10).
+    """Apply ``lam * R`` (or ``lam * R^T``) row by row to ``G`` (README eqs. 6, 11).
 
     Parameters
     ----------
@@ -463,24 +463,26 @@ def _forward(X, W, E, estimator, beta, alpha):
 
 
 def _backward(cache):
-    """Gradients of the frozen surrogate (README eqs. 5-12), term by term."""
+    """Gradients of the frozen surrogate (README eqs. 7-14), term by term."""
     X, W, E, Z, k, Q, Rx, Rz, estimator, beta, alpha = cache
     B = X.shape[0]
-    dXh = (2.0 / B) * Rx                                            # (B, D)  eq. 5
-    dW = dXh.T @ Q                                                  # (D, m)  eq. 6, decoder path
-    dQ = dXh @ W                                                    # (B, m)  eq. 7
+    dXh = (2.0 / B) * Rx                                            # (B, D)  eq. 7
+    dW = dXh.T @ Q                                                  # (D, m)  eq. 8, decoder path
+    dQ = dXh @ W                                                    # (B, m)  eq. 9
     if estimator == "ste":
-        dZ = dQ                                                     # (B, m)  eq. 8, identity Jacobian
+        # q = z + sg(e - z): the stop-gradient leaves dq/dz = I (eq. 5).
+        dZ = dQ                                                     # (B, m)  eq. 10
     else:
-        dZ = apply_rotation(dQ, rotation_factors(Z, Q), transpose=True)  # eq. 10, lam R^T
-    dZ += (2.0 * beta / B) * Rz                                     # (B, m)  eq. 11, commitment
-    dW += X.T @ dZ                                                  # (D, m)  eq. 12, encoder path
-    dE = _cell_sums(Rz, k, E.shape[0]) * (-2.0 * alpha / B)         # (K, m)  eq. 13, codebook
+        # q = sg(lam R) z: lam and R are frozen, so dz = lam R^T dq (eq. 6).
+        dZ = apply_rotation(dQ, rotation_factors(Z, Q), transpose=True)  # (B, m)  eq. 11
+    dZ += (2.0 * beta / B) * Rz                                     # (B, m)  eq. 12, commitment
+    dW += X.T @ dZ                                                  # (D, m)  eq. 13, encoder path
+    dE = _cell_sums(Rz, k, E.shape[0]) * (-2.0 * alpha / B)         # (K, m)  eq. 14, codebook
     return dW, dE
 
 
 def loss_and_grads(X, W, E, *, estimator="ste", beta=0.25, alpha=1.0):
-    """Loss and hand-derived gradients of the frozen surrogate (README eqs. 4-13).
+    """Loss and hand-derived gradients of the frozen surrogate (README eqs. 4-14).
 
     Parameters
     ----------
@@ -512,17 +514,17 @@ def loss_and_grads(X, W, E, *, estimator="ste", beta=0.25, alpha=1.0):
 # ------------------------------------------------------------ gradient check
 
 def _frozen_surrogate(X, W, E, estimator, beta, alpha):
-    """The surrogate of README eq. 14 as a function of (W, E), with every sg(.)
+    """The surrogate of README eq. 15 as a function of (W, E), with every sg(.)
     factor and every assignment frozen at the given point."""
     B = X.shape[0]
     Z0 = X @ W
     k = _assign(Z0, E)
     Q0 = E[k]
     if estimator == "ste":
-        C = Q0 - Z0                                                 # sg(e - z)
+        C = Q0 - Z0                                                 # sg(e - z), eq. 5
         to_q = lambda Z: Z + C                                      # noqa: E731
     else:
-        F = rotation_factors(Z0, Q0)                                # sg(lam R)
+        F = rotation_factors(Z0, Q0)                                # sg(lam R), eq. 6
         to_q = lambda Z: apply_rotation(Z, F)                       # noqa: E731
 
     def f(W, E):
@@ -536,7 +538,7 @@ def _frozen_surrogate(X, W, E, estimator, beta, alpha):
 
 
 def numerical_grads(X, W, E, *, estimator="ste", beta=0.25, alpha=1.0, h=1e-6):
-    """Central-difference gradients of the frozen surrogate (README eq. 14).
+    """Central-difference gradients of the frozen surrogate (README eq. 15).
 
     Every stop-gradient factor and every assignment is held at its value at
     ``(W, E)``, so the function differentiated is smooth and the result is
@@ -600,13 +602,13 @@ def grad_check(X, W, E, *, estimator="ste", beta=0.25, alpha=1.0, h=1e-6):
 # ---------------------------------------------------------------- Stiefel step
 
 def stiefel_project(W, G):
-    """Riemannian gradient: ``G - W sym(W^T G)``, tangent at ``W`` (README eq. 15)."""
+    """Riemannian gradient: ``G - W sym(W^T G)``, tangent at ``W`` (README eq. 16)."""
     S = W.T @ G                                                     # (m, m)
     return G - W @ (0.5 * (S + S.T))                                # (D, m)
 
 
 def qr_retraction(Y):
-    """Orthonormal ``Q`` of ``Y = Q R`` with ``diag(R) > 0`` (README eq. 16)."""
+    """Orthonormal ``Q`` of ``Y = Q R`` with ``diag(R) > 0`` (README eq. 17)."""
     Qm, Rm = np.linalg.qr(Y)                                        # (D, m), (m, m)
     sign = np.where(np.diagonal(Rm) < 0, -1.0, 1.0)                 # unique QR: diag(R) > 0
     return Qm * sign
@@ -709,7 +711,7 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     Initialization: ``W = pca(X, m)``; ``E`` by k-means++ on ``X @ W``. Each
     step draws a batch without replacement (the rows are reshuffled every
     epoch), takes a Riemannian gradient step on ``W`` followed by the QR
-    retraction (README eqs. 15-16), and a plain gradient step on ``E``. A batch
+    retraction (README eqs. 16-17), and a plain gradient step on ``E``. A batch
     larger than the data is clamped to the data, with a warning.
 
     Parameters

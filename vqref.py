@@ -31,6 +31,8 @@ References
     1982; J. Max, "Quantizing for Minimum Distortion", IRE Trans. Inf. Theory, 1960.
 [6] P.-A. Absil, R. Mahony, R. Sepulchre, "Optimization Algorithms on Matrix
     Manifolds", Princeton University Press, 2008 (Stiefel gradient, QR retraction).
+[7] G. Hamerly, "Making k-means even faster", SIAM International Conference on
+    Data Mining (SDM), 2010.
 """
 
 import argparse
@@ -200,8 +202,10 @@ def assign(Z, E):
     return _assign(Z, E)
 
 
-def _assign(Z, E, out_dist=None):
-    """assign() without validation; optionally writes squared distances to out_dist."""
+def _assign(Z, E, out_dist=None, out_second=None):
+    """assign() without validation. Optionally writes each row's squared distance to
+    its codeword to out_dist, and a lower bound on its squared distance to every
+    other codeword to out_second (inf when K = 1)."""
     N, m = Z.shape
     K = E.shape[0]
     c = E.mean(axis=0)
@@ -222,20 +226,30 @@ def _assign(Z, E, out_dist=None):
         Zc = Za[:b, :m]
         np.subtract(Z[s:s + b], c, out=Zc)                          # (b, m) shifted by the mean
         Gb = np.matmul(Za[:b], A, out=G[:b])                        # (b, K)
+        flat = Gb.ravel()                                           # (entry (i, j) at i K + j)
         kb = np.argmax(Gb, axis=1)                                  # (b,)
+        at = np.arange(0, b * K, K) + kb                            # flat index of each row's best
+        z2 = np.einsum("bm,bm->b", Zc, Zc)                          # (b,)
         # Candidates within the rounding error of the expanded form are decided by
         # the exact distance, so that exact ties go to the lowest index.
-        slack = ASSIGN_TIE_RTOL * (np.einsum("bm,bm->b", Zc, Zc) + e2max)
-        near = Gb >= (Gb[np.arange(b), kb] - slack)[:, None]        # (b, K)
+        slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # (b,)
+        near = Gb >= (np.take(flat, at) - slack)[:, None]           # (b, K)
         if np.count_nonzero(near) > b:
             rows = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
-            diff = Z[s + rows, None, :] - E[None, :, :]              # (r, K, m)
+            diff = np.take(Z, s + rows, axis=0)[:, None, :] - E[None]  # (r, K, m)
             d2 = np.where(near[rows], np.einsum("rkm,rkm->rk", diff, diff), np.inf)
             kb[rows] = np.argmin(d2, axis=1)
+            at = np.arange(0, b * K, K) + kb
         k[s:s + b] = kb
         if out_dist is not None:
-            d = Zc - Ec[kb]                                         # (b, m)
+            d = Zc - np.take(Ec, kb, axis=0)                        # (b, m)
             np.einsum("bm,bm->b", d, d, out=out_dist[s:s + b])
+        if out_second is not None:
+            # Second best score (argmax, then a gather: faster than a row max here);
+            # ||z - e||^2 = ||z||^2 - 2 score, lowered by the rounding bound.
+            flat[at] = -np.inf
+            second = np.take(flat, np.arange(0, b * K, K) + np.argmax(Gb, axis=1))
+            out_second[s:s + b] = z2 - 2.0 * (second + slack)
     return k
 
 
@@ -291,6 +305,20 @@ def _cell_sums(Z, labels, K):
     return np.bincount(flat, weights=Z.ravel(), minlength=K * m).reshape(K, m)
 
 
+def _half_gaps(E):
+    """Half the distance from each codeword to its nearest other one, rounded down (K,).
+    A row closer than this to its own codeword has no other nearer codeword."""
+    K = E.shape[0]
+    if K == 1:
+        return np.full(1, np.inf)
+    Ec = E - E.mean(axis=0)
+    e2 = np.einsum("km,km->k", Ec, Ec)
+    D2 = e2[:, None] + e2[None, :] - 2.0 * (Ec @ Ec.T)             # (K, K) expanded form
+    D2 -= 2.0 * ASSIGN_TIE_RTOL * (e2[:, None] + e2.max())          # minus its rounding bound
+    np.fill_diagonal(D2, np.inf)
+    return 0.5 * np.sqrt(np.maximum(D2.min(axis=1), 0.0))
+
+
 def lloyd_max(Z, K, *, init=None, max_iter=100, tol=0.0, seed=0):
     """Generalized Lloyd algorithm (k-means) on the rows of ``Z`` [5].
 
@@ -300,6 +328,12 @@ def lloyd_max(Z, K, *, init=None, max_iter=100, tol=0.0, seed=0):
     deterministically with the row farthest from its codeword (the next farthest
     for a second empty cell, and so on), which lowers the distortion, so no code
     stays dead and the distortion never increases.
+
+    The assignment step skips rows whose code cannot have changed, as certified
+    by distance bounds [7]: each row keeps an upper bound on the distance to its
+    codeword and a lower bound on the distance to every other one, moved by how
+    far the codewords move. The assignments, and so the result, are those of the
+    plain algorithm; only the work differs.
 
     Parameters
     ----------
@@ -334,30 +368,81 @@ def lloyd_max(Z, K, *, init=None, max_iter=100, tol=0.0, seed=0):
         E = _as_matrix(init, "init", cols=Z.shape[1]).copy()
         if E.shape[0] != K:
             raise ValueError(f"init must have shape (K, m) = ({K}, {Z.shape[1]}), got {E.shape}")
-    N = Z.shape[0]
-    d2 = np.empty(N)
-    labels = _assign(Z, E, d2)
-    history = [d2.mean()]
+    N, m = Z.shape
+    # Cell statistics about the data mean mu, kept up to date as rows change cells:
+    # they give the centroids and the distortion without another pass over Z.
+    mu = Z.mean(axis=0)
+    Zs = Z - mu                                                     # (N, m)
+    total = np.einsum("nm,nm->", Zs, Zs)
+    labels = np.zeros(N, dtype=np.int64)
+    counts = np.zeros(K, dtype=np.int64)
+    counts[0] = N
+    sums = np.zeros((K, m))
+    sums[0] = Zs.sum(axis=0)                                        # (K, m)
+    upper = np.full(N, np.inf)                                      # >= distance to own codeword
+    lower = np.zeros(N)                                             # <= distance to any other
+
+    def assign_step():
+        """Re-assign the rows whose bounds do not certify their code; return how many moved."""
+        # (np.take: row gathers here are several times faster than fancy indexing.)
+        bound = np.maximum(lower, np.take(_half_gaps(E), labels))   # (N,)
+        rows = np.flatnonzero(upper >= bound)
+        if rows.size:                                               # tighten: exact own distance
+            Zr = np.take(Z, rows, axis=0)                           # (r, m)
+            d = Zr - np.take(E, np.take(labels, rows), axis=0)
+            upper[rows] = np.sqrt(np.einsum("rm,rm->r", d, d))
+            keep = upper[rows] >= bound[rows]
+            rows, Zr = rows[keep], Zr[keep]
+        if rows.size == 0:
+            return 0
+        d2, second = np.empty(rows.size), np.empty(rows.size)
+        new = _assign(Zr, E, d2, second)
+        upper[rows] = np.sqrt(d2)
+        lower[rows] = np.sqrt(np.maximum(second, 0.0))
+        changed = new != np.take(labels, rows)
+        move_rows(rows[changed], new[changed])
+        return int(np.count_nonzero(changed))
+
+    def move_rows(rows, to):
+        frm, Zr = np.take(labels, rows), np.take(Zs, rows, axis=0)
+        counts[:] += np.bincount(to, minlength=K) - np.bincount(frm, minlength=K)
+        sums[:] += _cell_sums(Zr, to, K) - _cell_sums(Zr, frm, K)
+        labels[rows] = to
+
+    def distortion():
+        Es = E - mu                                                 # sum ||z - e_k||^2, expanded
+        return (total - 2.0 * np.einsum("km,km->", Es, sums)
+                + np.einsum("k,km,km->", counts, Es, Es)) / N
+
+    assign_step()
+    history = [distortion()]
     converged, reseeded, it = False, 0, 0
     for it in range(1, max_iter + 1):
         # Centroid update: each codeword moves to the mean of its cell.
-        counts = np.bincount(labels, minlength=K)                   # (K,)
-        sums = _cell_sums(Z, labels, K)                             # (K, m)
+        old = E.copy()
         full = counts > 0
-        E[full] = sums[full] / counts[full, None]
+        E[full] = mu + sums[full] / counts[full, None]
         empty = np.flatnonzero(~full)
         if empty.size:
             # Re-seed each empty cell on one of the rows farthest from their codewords.
+            d = Z - old[labels]
+            d2 = np.einsum("nm,nm->n", d, d)
             far = np.argsort(-d2, kind="stable")[:empty.size]
             if d2[far[-1]] == 0.0:
                 raise ValueError(f"K={K} is larger than the number of distinct rows of Z")
             E[empty] = Z[far]
+            move_rows(far, empty)
+            upper[far], lower[far] = 0.0, 0.0                       # re-checked next step
             reseeded += empty.size
-        new = _assign(Z, E, d2)
-        history.append(d2.mean())
-        changed = np.any(new != labels)
-        labels = new
-        if not changed:
+        # The bounds follow the codewords: a row's own codeword moved by shift[k],
+        # every other one by at most the largest other shift.
+        shift = np.sqrt(np.einsum("km,km->k", E - old, E - old))    # (K,)
+        top = np.argsort(-shift, kind="stable")[:2]
+        upper += np.take(shift, labels)
+        lower -= shift[top[0]] if K == 1 else np.where(labels == top[0], shift[top[-1]], shift[top[0]])
+        moved = assign_step()
+        history.append(distortion())
+        if moved == 0:
             converged = True
             break
         if tol > 0 and history[-2] - history[-1] <= tol * history[-2]:

@@ -184,9 +184,9 @@ def assign(Z, E):
     Distances use the expanded form ``||z||^2 - 2 z.e + ||e||^2`` on points
     shifted by the codebook mean, so that data far from the origin does not
     cancel catastrophically, and are computed in chunks of rows so that memory
-    stays bounded for large ``N * K``. Candidates within rounding error of the
-    best (``ASSIGN_TIE_RTOL``) are compared by their exact distance
-    ``||z - e||^2``, so exact ties go to the lowest index.
+    stays bounded for large ``N * K``. A row whose best two candidates lie
+    within the rounding error of that form (``ASSIGN_TIE_RTOL``) is decided by
+    the exact distances ``||z - e||^2``, so exact ties go to the lowest index.
 
     Parameters
     ----------
@@ -226,29 +226,27 @@ def _assign(Z, E, out_dist=None, out_second=None):
         Zc = Za[:b, :m]
         np.subtract(Z[s:s + b], c, out=Zc)                          # (b, m) shifted by the mean
         Gb = np.matmul(Za[:b], A, out=G[:b])                        # (b, K)
-        flat = Gb.ravel()                                           # (entry (i, j) at i K + j)
-        kb = np.argmax(Gb, axis=1)                                  # (b,)
-        at = np.arange(0, b * K, K) + kb                            # flat index of each row's best
+        flat = Gb.ravel()                                           # entry (i, j) at i K + j
+        rowstart = np.arange(0, b * K, K)                           # (b,)
+        kb = np.argmax(Gb, axis=1)                                  # (b,) best code
+        best = np.take(flat, rowstart + kb)                         # (b,) its score
+        flat[rowstart + kb] = -np.inf
+        second = np.take(flat, rowstart + np.argmax(Gb, axis=1))    # (b,) second best score
         z2 = np.einsum("bm,bm->b", Zc, Zc)                          # (b,)
-        # Candidates within the rounding error of the expanded form are decided by
-        # the exact distance, so that exact ties go to the lowest index.
+        # When the best two scores lie within the rounding error of the expanded form,
+        # the exact distances decide, so that exact ties go to the lowest index.
         slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # (b,)
-        near = Gb >= (np.take(flat, at) - slack)[:, None]           # (b, K)
-        if np.count_nonzero(near) > b:
-            rows = np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
-            diff = np.take(Z, s + rows, axis=0)[:, None, :] - E[None]  # (r, K, m)
-            d2 = np.where(near[rows], np.einsum("rkm,rkm->rk", diff, diff), np.inf)
-            kb[rows] = np.argmin(d2, axis=1)
-            at = np.arange(0, b * K, K) + kb
+        close = np.flatnonzero(best - second <= slack)
+        if close.size:
+            diff = np.take(Z, s + close, axis=0)[:, None, :] - E[None]  # (r, K, m)
+            kb[close] = np.argmin(np.einsum("rkm,rkm->rk", diff, diff), axis=1)
+            second[close] = best[close]                             # the other may be as near
         k[s:s + b] = kb
         if out_dist is not None:
             d = Zc - np.take(Ec, kb, axis=0)                        # (b, m)
             np.einsum("bm,bm->b", d, d, out=out_dist[s:s + b])
         if out_second is not None:
-            # Second best score (argmax, then a gather: faster than a row max here);
             # ||z - e||^2 = ||z||^2 - 2 score, lowered by the rounding bound.
-            flat[at] = -np.inf
-            second = np.take(flat, np.arange(0, b * K, K) + np.argmax(Gb, axis=1))
             out_second[s:s + b] = z2 - 2.0 * (second + slack)
     return k
 
@@ -438,8 +436,10 @@ def lloyd_max(Z, K, *, init=None, max_iter=100, tol=0.0, seed=0):
         # every other one by at most the largest other shift.
         shift = np.sqrt(np.einsum("km,km->k", E - old, E - old))    # (K,)
         top = np.argsort(-shift, kind="stable")[:2]
+        others = np.full(K, shift[top[0]])                          # largest shift of another code
+        others[top[0]] = shift[top[-1]]
         upper += np.take(shift, labels)
-        lower -= shift[top[0]] if K == 1 else np.where(labels == top[0], shift[top[-1]], shift[top[0]])
+        lower -= np.take(others, labels)
         moved = assign_step()
         history.append(distortion())
         if moved == 0:

@@ -82,6 +82,17 @@ def test_loss_matches_its_definition_and_the_frozen_surrogate():
         assert abs(f(W, E) - loss) < 1e-10 * loss
 
 
+@pytest.mark.parametrize("estimator", ["ste", "rotation"])
+def test_loss_and_gradients_hold_for_a_non_orthonormal_W(estimator):
+    X, W, E = random_point(17)
+    W = W @ np.diag([2.0, 0.5, 1.3]) + 0.1                         # W^T W != I
+    loss, dW, dE = vqref.loss_and_grads(X, W, E, estimator=estimator, beta=0.4, alpha=0.6)
+    assert abs(loss - loss_by_definition(X, W, E, 0.4, 0.6)) < 1e-11 * loss
+    nW, nE = vqref.numerical_grads(X, W, E, estimator=estimator, beta=0.4, alpha=0.6)
+    assert vqref.relative_error(dW, nW) < GRAD_TOL
+    assert vqref.relative_error(dE, nE) < GRAD_TOL
+
+
 def test_codebook_gradient_is_zero_for_unused_codes():
     X, W, E = random_point(8)
     E = np.vstack([E, [[50.0, 50.0, 50.0]]])
@@ -226,6 +237,57 @@ def test_lloyd_tol_stops_early():
     _, strict = vqref.lloyd_max(Z, 8, seed=0)
     _, loose = vqref.lloyd_max(Z, 8, seed=0, tol=1e-2)
     assert loose["n_iter"] < strict["n_iter"]
+
+
+def plain_lloyd(Z, init, max_iter):
+    """Textbook Lloyd with brute-force exact distances and vqref's re-seeding rule."""
+    E = init.copy()
+    d2 = ((Z[:, None, :] - E[None]) ** 2).sum(-1)
+    labels = np.argmin(d2, axis=1)
+    history = [d2[np.arange(len(Z)), labels].mean()]
+    for it in range(1, max_iter + 1):
+        old = E.copy()
+        for j in range(len(E)):
+            if np.any(labels == j):
+                E[j] = Z[labels == j].mean(0)
+        empty = [j for j in range(len(E)) if not np.any(labels == j)]
+        if empty:
+            far = np.argsort(-((Z - old[labels]) ** 2).sum(1), kind="stable")[:len(empty)]
+            E[empty] = Z[far]
+        d2 = ((Z[:, None, :] - E[None]) ** 2).sum(-1)
+        new = np.argmin(d2, axis=1)
+        history.append(d2[np.arange(len(Z)), new].mean())
+        if np.array_equal(new, labels):
+            return E, new, it, history
+        labels = new
+    return E, labels, max_iter, history
+
+
+@pytest.mark.parametrize("K,seed", [(1, 0), (5, 1), (24, 2), (60, 3)])
+def test_lloyd_with_bounds_equals_plain_lloyd(K, seed):
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((1500, 3)) * [3.0, 1.0, 0.3] + 5.0
+    init = Z[rng.choice(len(Z), K, replace=False)].copy()
+    if K >= 5:
+        init[-2:] = 100.0                                            # two cells start empty
+    E_ref, labels_ref, it_ref, hist_ref = plain_lloyd(Z, init, 300)
+    E, info = vqref.lloyd_max(Z, K, init=init, max_iter=300)
+    np.testing.assert_array_equal(info["labels"], labels_ref)
+    assert info["n_iter"] == it_ref
+    np.testing.assert_allclose(E, E_ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(info["history"], hist_ref, rtol=1e-10)
+
+
+def test_assign_distance_outputs_are_exact_and_bound_the_second_nearest():
+    rng = np.random.default_rng(16)
+    Z, E = rng.standard_normal((700, 4)) + 50.0, rng.standard_normal((13, 4)) + 50.0
+    d2, second = np.empty(700), np.empty(700)
+    k = vqref._assign(Z, E, d2, second)
+    D2 = ((Z[:, None, :] - E[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(d2, D2[np.arange(700), k], rtol=1e-9)
+    D2[np.arange(700), k] = np.inf
+    assert np.all(second <= D2.min(1))                              # a lower bound ...
+    np.testing.assert_allclose(second, D2.min(1), rtol=1e-9)       # ... and a tight one
 
 
 # -------------------------------------------------------------- PCA, Stiefel

@@ -48,6 +48,8 @@ ESTIMATORS = ("ste", "rotation", "numerical")
 # Below this ||u + v|| the rotation's Householder vector w is ill-conditioned and
 # the antiparallel fallback (a reflection along u) is used instead; see rotation_factors.
 ANTIPARALLEL_TOL = 1e-6
+# Rows lloyd_max() handles at a time: bounds its temporaries to a few MB.
+LLOYD_BLOCK_ROWS = 1 << 17
 # Entries of the (rows, K) score block of one assign() chunk: 512 KB, so it stays in cache.
 ASSIGN_CHUNK_ELEMENTS = 1 << 16
 # Relative rounding bound of the expanded distance form; closer candidates are
@@ -382,24 +384,29 @@ def lloyd_max(Z, K, *, init=None, max_iter=100, tol=0.0, seed=0):
 
     def assign_step():
         """Re-assign the rows whose bounds do not certify their code; return how many moved."""
-        # (np.take: row gathers here are several times faster than fancy indexing.)
-        bound = np.maximum(lower, np.take(_half_gaps(E), labels))   # (N,)
-        rows = np.flatnonzero(upper >= bound)
-        if rows.size:                                               # tighten: exact own distance
+        half_gaps, moved = _half_gaps(E), 0
+        for s in range(0, N, LLOYD_BLOCK_ROWS):                     # blocks: temporaries stay small
+            # (np.take: row gathers here are several times faster than fancy indexing.)
+            blk = slice(s, s + LLOYD_BLOCK_ROWS)
+            bound = np.maximum(lower[blk], np.take(half_gaps, labels[blk]))
+            rows = s + np.flatnonzero(upper[blk] >= bound)
+            if rows.size == 0:
+                continue
             Zr = np.take(Z, rows, axis=0)                           # (r, m)
-            d = Zr - np.take(E, np.take(labels, rows), axis=0)
+            d = Zr - np.take(E, np.take(labels, rows), axis=0)      # tighten: exact own distance
             upper[rows] = np.sqrt(np.einsum("rm,rm->r", d, d))
-            keep = upper[rows] >= bound[rows]
+            keep = upper[rows] >= bound[rows - s]
             rows, Zr = rows[keep], Zr[keep]
-        if rows.size == 0:
-            return 0
-        d2, second = np.empty(rows.size), np.empty(rows.size)
-        new = _assign(Zr, E, d2, second)
-        upper[rows] = np.sqrt(d2)
-        lower[rows] = np.sqrt(np.maximum(second, 0.0))
-        changed = new != np.take(labels, rows)
-        move_rows(rows[changed], new[changed])
-        return int(np.count_nonzero(changed))
+            if rows.size == 0:
+                continue
+            d2, second = np.empty(rows.size), np.empty(rows.size)
+            new = _assign(Zr, E, d2, second)
+            upper[rows] = np.sqrt(d2)
+            lower[rows] = np.sqrt(np.maximum(second, 0.0))
+            changed = new != np.take(labels, rows)
+            move_rows(rows[changed], new[changed])
+            moved += int(np.count_nonzero(changed))
+        return moved
 
     def move_rows(rows, to):
         frm, Zr = np.take(labels, rows), np.take(Zs, rows, axis=0)
@@ -423,8 +430,10 @@ def lloyd_max(Z, K, *, init=None, max_iter=100, tol=0.0, seed=0):
         empty = np.flatnonzero(~full)
         if empty.size:
             # Re-seed each empty cell on one of the rows farthest from their codewords.
-            d = Z - old[labels]
-            d2 = np.einsum("nm,nm->n", d, d)
+            d2 = np.empty(N)
+            for s in range(0, N, LLOYD_BLOCK_ROWS):
+                d = Z[s:s + LLOYD_BLOCK_ROWS] - np.take(old, labels[s:s + LLOYD_BLOCK_ROWS], axis=0)
+                d2[s:s + LLOYD_BLOCK_ROWS] = np.einsum("nm,nm->n", d, d)
             far = np.argsort(-d2, kind="stable")[:empty.size]
             if d2[far[-1]] == 0.0:
                 raise ValueError(f"K={K} is larger than the number of distinct rows of Z")
@@ -489,21 +498,23 @@ def rotation_factors(Z, Q):
     Q = np.asarray(Q, dtype=np.float64)
     nz = np.sqrt(np.einsum("bm,bm->b", Z, Z))                       # (B,)
     ne = np.sqrt(np.einsum("bm,bm->b", Q, Q))                       # (B,)
+    with np.errstate(divide="ignore", invalid="ignore"):            # degenerate rows fixed below
+        lam = ne / nz                                               # (B,)
+        u = Z / nz[:, None]                                         # (B, m)
+        v = Q / ne[:, None]                                         # (B, m)
+        s = u + v                                                   # (B, m)
+        ns = np.sqrt(np.einsum("bm,bm->b", s, s))                   # (B,)
+        w = s / ns[:, None]                                         # (B, m)
     ok = (nz > 0) & (ne > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lam = np.where(nz > 0, ne / nz, 1.0)                        # (B,)
-        u = np.where(ok[:, None], Z / nz[:, None], 0.0)             # (B, m)
-        v = np.where(ok[:, None], Q / ne[:, None], 0.0)             # (B, m)
-    s = u + v                                                       # (B, m)
-    ns = np.sqrt(np.einsum("bm,bm->b", s, s))                       # (B,)
     same = ok & np.all(u == v, axis=1)
     anti = ok & (ns < ANTIPARALLEL_TOL)
-    regular = ok & ~same & ~anti
-    w = np.zeros_like(u)
-    w[regular] = s[regular] / ns[regular, None]
-    u[same] = 0.0                                                   # R = I
-    v[same] = 0.0
-    v[anti] = -u[anti]                                              # R = I - 2 u u^T
+    odd = ~ok | same | anti
+    if odd.any():
+        u[~ok], v[~ok], w[~ok] = 0.0, 0.0, 0.0                      # R = I ...
+        lam[nz == 0] = 1.0                                          # ... and lam R = I when z = 0
+        lam[(nz > 0) & (ne == 0)] = 0.0                             # lam = 0 when e = 0
+        u[same], v[same], w[same] = 0.0, 0.0, 0.0                   # R = I
+        v[anti], w[anti] = -u[anti], 0.0                            # R = I - 2 u u^T
     return lam, u, v, w
 
 
@@ -532,28 +543,27 @@ def apply_rotation(G, factors, *, transpose=False):
 
 
 def _forward(X, W, E, estimator, beta, alpha):
-    """Loss of README eq. 4 and what the backward pass needs."""
+    """Loss of README eq. 4 and what the backward pass needs. The reconstruction
+    term is computed in the latent space (eq. 4'); the (B, D) X_hat is never formed."""
     B = X.shape[0]
-    Z = X @ W                                                       # (B, m)     eq. 1
-    k = _assign(Z, E)                                               # (B,)       eq. 2
-    Q = E[k]                                                        # (B, m)     eq. 3, value of q
-    Xh = Q @ W.T                                                    # (B, D)     eq. 3
-    Rx = Xh - X                                                     # (B, D)
+    Z = X @ W                                                       # (B, m)  eq. 1
+    k = _assign(Z, E)                                               # (B,)    eq. 2
+    Q = np.take(E, k, axis=0)                                       # (B, m)  eq. 3, value of q
+    QM = Q @ (W.T @ W)                                              # (B, m)  W^T W = I on the manifold
     Rz = Z - Q                                                      # (B, m)
-    rec = np.einsum("bd,bd->", Rx, Rx) / B
-    dist = np.einsum("bm,bm->", Rz, Rz) / B
+    rec = (np.vdot(X, X) - 2.0 * np.vdot(Q, Z) + np.vdot(QM, Q)) / B   # eq. 4'
+    dist = np.vdot(Rz, Rz) / B
     loss = rec + (alpha + beta) * dist                              # eq. 4
-    cache = (X, W, E, Z, k, Q, Rx, Rz, estimator, beta, alpha)
+    cache = (X, W, E, Z, k, Q, QM, Rz, estimator, beta, alpha)
     return loss, rec, dist, cache
 
 
 def _backward(cache):
-    """Gradients of the frozen surrogate (README eqs. 7-14), term by term."""
-    X, W, E, Z, k, Q, Rx, Rz, estimator, beta, alpha = cache
+    """Gradients of the frozen surrogate (README eqs. 7-14, in the latent-space
+    form of eqs. 8' and 9'), term by term."""
+    X, W, E, Z, k, Q, QM, Rz, estimator, beta, alpha = cache
     B = X.shape[0]
-    dXh = (2.0 / B) * Rx                                            # (B, D)  eq. 7
-    dW = dXh.T @ Q                                                  # (D, m)  eq. 8, decoder path
-    dQ = dXh @ W                                                    # (B, m)  eq. 9
+    dQ = (2.0 / B) * (QM - Z)                                       # (B, m)  eq. 9' (eqs. 7, 9)
     if estimator == "ste":
         # q = z + sg(e - z): the stop-gradient leaves dq/dz = I (eq. 5).
         dZ = dQ                                                     # (B, m)  eq. 10
@@ -561,7 +571,10 @@ def _backward(cache):
         # q = sg(lam R) z: lam and R are frozen, so dz = lam R^T dq (eq. 6).
         dZ = apply_rotation(dQ, rotation_factors(Z, Q), transpose=True)  # (B, m)  eq. 11
     dZ += (2.0 * beta / B) * Rz                                     # (B, m)  eq. 12, commitment
-    dW += X.T @ dZ                                                  # (D, m)  eq. 13, encoder path
+    # Decoder path (eq. 8') and encoder path (eq. 13) share one product with X^T:
+    # dW = (2/B) W Q^T Q - (2/B) X^T Q + X^T dZ.
+    dW = X.T @ (dZ - (2.0 / B) * Q)                                 # (D, m)  eqs. 8', 13
+    dW += W @ ((2.0 / B) * (Q.T @ Q))                               # (D, m)  eq. 8'
     dE = _cell_sums(Rz, k, E.shape[0]) * (-2.0 * alpha / B)         # (K, m)  eq. 14, codebook
     return dW, dE
 
@@ -789,6 +802,19 @@ class TrainResult:
 
 
 
+def _train_step(Xb, W, E, estimator, lrW, lrE, beta, alpha):
+    """One update on the batch Xb: gradients (eqs. 4-14), the Stiefel step on W
+    (eqs. 16-17) and a gradient step on E. Returns W, E, the batch loss, its
+    reconstruction term and the codes."""
+    if estimator == "numerical":
+        loss, rec, _, cache = _forward(Xb, W, E, "ste", beta, alpha)
+        dW, dE = numerical_grads(Xb, W, E, estimator="ste", beta=beta, alpha=alpha)
+    else:
+        loss, rec, _, cache = _forward(Xb, W, E, estimator, beta, alpha)
+        dW, dE = _backward(cache)
+    return stiefel_step(W, dW, lrW), E - lrE * dE, loss, rec, cache[4]
+
+
 def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0.25,
           alpha=1.0, batch=1024, seed=0, eval_X=None, eval_every=1):
     """Train the encoder and codebook with a gradient estimator.
@@ -860,28 +886,22 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     hist = {key: np.full(steps, np.nan) for key in keys}
     eye = np.eye(m)
     order, pos = rng.permutation(N), 0
+    Xbuf = np.empty((batch, D))
     for t in range(steps):
         if pos + batch > N:
             order, pos = rng.permutation(N), 0
-        Xb = X[order[pos:pos + batch]]                              # (batch, D)
+        Xb = np.take(X, order[pos:pos + batch], axis=0, out=Xbuf)   # (batch, D), buffer reused
         pos += batch
-        if estimator == "numerical":
-            loss, rec, _, cache = _forward(Xb, W, E, "ste", beta, alpha)
-            dW, dE = numerical_grads(Xb, W, E, estimator="ste", beta=beta, alpha=alpha)
-        else:
-            loss, rec, _, cache = _forward(Xb, W, E, estimator, beta, alpha)
-            dW, dE = _backward(cache)
+        W, E, loss, rec, k = _train_step(Xb, W, E, estimator, lrW, lrE, beta, alpha)
         if not np.isfinite(loss):
             raise FloatingPointError(
                 f"loss became non-finite at step {t}; lower the learning rates "
                 f"(lrW={lrW}, lrE={lrE})")
-        counts = np.bincount(cache[4], minlength=K)
+        counts = np.bincount(k, minlength=K)
         hist["loss"][t], hist["mse"][t] = loss, rec
         hist["entropy"][t] = usage_entropy(counts)
-        hist["dead_codes"][t] = np.sum(counts == 0)
-        W = stiefel_step(W, dW, lrW)
-        E = E - lrE * dE
-        if not np.all(np.isfinite(E)):
+        hist["dead_codes"][t] = np.count_nonzero(counts == 0)
+        if not np.isfinite(E.sum()):
             raise FloatingPointError(
                 f"codebook became non-finite at step {t}; lower the learning rates "
                 f"(lrW={lrW}, lrE={lrE})")

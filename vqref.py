@@ -210,7 +210,7 @@ def _assign(Z, E, out_dist=None, out_second=None):
     other codeword to out_second (inf when K = 1)."""
     N, m = Z.shape
     K = E.shape[0]
-    c = E.mean(axis=0)
+    c = E.sum(axis=0) / K                                           # codebook mean
     Ec = E - c                                                      # (K, m)
     # Augmented codebook [e; -||e||^2/2]: [z, 1] @ A = z.e - ||e||^2/2, whose argmax is
     # the nearest codeword (||z||^2 is common to a row), in one matrix product.
@@ -223,6 +223,7 @@ def _assign(Z, E, out_dist=None, out_second=None):
     Za[:, m] = 1.0
     G = np.empty((min(step, N), K))
     k = np.empty(N, dtype=np.int64)
+    close_none = np.empty(0, dtype=np.int64)
     for s in range(0, N, step):
         b = min(step, N - s)
         Zc = Za[:b, :m]
@@ -232,17 +233,23 @@ def _assign(Z, E, out_dist=None, out_second=None):
         rowstart = np.arange(0, b * K, K)                           # (b,)
         kb = np.argmax(Gb, axis=1)                                  # (b,) best code
         best = np.take(flat, rowstart + kb)                         # (b,) its score
-        flat[rowstart + kb] = -np.inf
-        second = np.take(flat, rowstart + np.argmax(Gb, axis=1))    # (b,) second best score
         z2 = np.einsum("bm,bm->b", Zc, Zc)                          # (b,)
+        slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # rounding bound of a score
+        if out_second is not None:                                  # second best score (b,)
+            flat[rowstart + kb] = -np.inf
+            second = np.take(flat, rowstart + np.argmax(Gb, axis=1))
+            close = np.flatnonzero(best - second <= slack)
+        else:                                                       # only whether it is close
+            near = Gb >= (best - slack)[:, None]                    # (b, K)
+            close = (np.flatnonzero(np.count_nonzero(near, axis=1) > 1)
+                     if np.count_nonzero(near) > b else close_none)
         # When the best two scores lie within the rounding error of the expanded form,
         # the exact distances decide, so that exact ties go to the lowest index.
-        slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # (b,)
-        close = np.flatnonzero(best - second <= slack)
         if close.size:
             diff = np.take(Z, s + close, axis=0)[:, None, :] - E[None]  # (r, K, m)
             kb[close] = np.argmin(np.einsum("rkm,rkm->rk", diff, diff), axis=1)
-            second[close] = best[close]                             # the other may be as near
+            if out_second is not None:
+                second[close] = best[close]                         # the other may be as near
         k[s:s + b] = kb
         if out_dist is not None:
             d = Zc - np.take(Ec, kb, axis=0)                        # (b, m)
@@ -494,28 +501,28 @@ def rotation_factors(Z, Q):
     lam : ndarray of shape (B,)
     u, v, w : ndarrays of shape (B, m)
     """
-    Z = np.asarray(Z, dtype=np.float64)
-    Q = np.asarray(Q, dtype=np.float64)
-    nz = np.sqrt(np.einsum("bm,bm->b", Z, Z))                       # (B,)
-    ne = np.sqrt(np.einsum("bm,bm->b", Q, Q))                       # (B,)
+    # Rows of length B (the (m, B) layout): much faster than (B, m) rows of length m.
+    Zt = np.array(np.asarray(Z, dtype=np.float64).T, order="C")     # (m, B)
+    Qt = np.array(np.asarray(Q, dtype=np.float64).T, order="C")     # (m, B)
+    nz = np.sqrt(np.square(Zt).sum(axis=0))                         # (B,)
+    ne = np.sqrt(np.square(Qt).sum(axis=0))                         # (B,)
     with np.errstate(divide="ignore", invalid="ignore"):            # degenerate rows fixed below
         lam = ne / nz                                               # (B,)
-        u = Z / nz[:, None]                                         # (B, m)
-        v = Q / ne[:, None]                                         # (B, m)
-        s = u + v                                                   # (B, m)
-        ns = np.sqrt(np.einsum("bm,bm->b", s, s))                   # (B,)
-        w = s / ns[:, None]                                         # (B, m)
+        u = Zt / nz                                                 # (m, B)
+        v = Qt / ne                                                 # (m, B)
+        s = u + v                                                   # (m, B)
+        ns = np.sqrt(np.square(s).sum(axis=0))                      # (B,)
+        w = s / ns                                                  # (m, B)
     ok = (nz > 0) & (ne > 0)
-    same = ok & np.all(u == v, axis=1)
+    same = ok & np.all(u == v, axis=0)
     anti = ok & (ns < ANTIPARALLEL_TOL)
-    odd = ~ok | same | anti
-    if odd.any():
-        u[~ok], v[~ok], w[~ok] = 0.0, 0.0, 0.0                      # R = I ...
+    if np.any(~ok | same | anti):
+        u[:, ~ok], v[:, ~ok], w[:, ~ok] = 0.0, 0.0, 0.0             # R = I ...
         lam[nz == 0] = 1.0                                          # ... and lam R = I when z = 0
         lam[(nz > 0) & (ne == 0)] = 0.0                             # lam = 0 when e = 0
-        u[same], v[same], w[same] = 0.0, 0.0, 0.0                   # R = I
-        v[anti], w[anti] = -u[anti], 0.0                            # R = I - 2 u u^T
-    return lam, u, v, w
+        u[:, same], v[:, same], w[:, same] = 0.0, 0.0, 0.0          # R = I
+        v[:, anti], w[:, anti] = -u[:, anti], 0.0                   # R = I - 2 u u^T
+    return lam, u.T, v.T, w.T                                       # (B,), (B, m) x 3
 
 
 def apply_rotation(G, factors, *, transpose=False):
@@ -535,11 +542,12 @@ def apply_rotation(G, factors, *, transpose=False):
     """
     lam, u, v, w = factors
     a, b = (v, u) if transpose else (u, v)
-    wg = np.einsum("bm,bm->b", w, G)                                # (B,)
-    ag = np.einsum("bm,bm->b", a, G)                                # (B,)
-    out = G - 2.0 * wg[:, None] * w + 2.0 * ag[:, None] * b         # (B, m)
-    out *= lam[:, None]
-    return out
+    Gt, at, bt, wt = (np.asarray(x).T for x in (G, a, b, w))        # (m, B) views
+    wg = np.einsum("mb,mb->b", wt, Gt)                              # (B,)
+    ag = np.einsum("mb,mb->b", at, Gt)                              # (B,)
+    out = Gt - 2.0 * wg * wt + 2.0 * ag * bt                        # (m, B)
+    out *= lam
+    return out.T                                                    # (B, m)
 
 
 def _forward(X, W, E, estimator, beta, alpha):

@@ -48,11 +48,11 @@ import vqref                                           # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def optional(name):
+def optional(name, install):
     try:
         return __import__(name)
     except ImportError:
-        print(f"  (skipped: {name} is not installed; `pip install {name}` to compare)")
+        print(f"  (skipped: {name} is not installed; {install} to compare)")
         return None
 
 
@@ -162,7 +162,7 @@ def memory_of(side, estimator, cfg):
 
 def bench_training(quick, repeats, results):
     print("\n1. Training step: vqref (hand-derived) vs PyTorch autograd, float64")
-    torch = optional("torch")
+    torch = optional("torch", "`pip install torch` (README, Performance)")
     if torch is None:
         return
     torch.set_num_threads(int(THREADS))
@@ -198,7 +198,7 @@ def bench_training(quick, repeats, results):
 
 def bench_lloyd(quick, repeats, results):
     print("\n2. Lloyd-Max: vqref.lloyd_max vs sklearn KMeans(algorithm='lloyd'), same init, to convergence")
-    sklearn = optional("sklearn")
+    sklearn = optional("sklearn", "`pip install scikit-learn`")
     if sklearn is None:
         return
     from sklearn.cluster import KMeans

@@ -52,8 +52,9 @@ ANTIPARALLEL_TOL = 1e-6
 LLOYD_BLOCK_ROWS = 1 << 17
 # Entries of the (rows, K) score block of one assign() chunk: 512 KB, so it stays in cache.
 ASSIGN_CHUNK_ELEMENTS = 1 << 16
-# Relative rounding bound of the expanded distance form; closer candidates are
-# compared by their exact distance in assign().
+# Relative rounding bound of the expanded distance form: assign() decides rows whose
+# two best scores are closer than this by exact distances, and lloyd_max() widens
+# its distance bounds by it.
 ASSIGN_TIE_RTOL = 1e-12
 
 
@@ -478,8 +479,9 @@ def rotation_factors(Z, Q):
     ``v = e/||e||``, ``w = (u + v)/||u + v||`` (README eq. 6), so that
     ``R u = v`` and ``lam * R z = e``. Degenerate rows get a defined map:
 
-    * ``e`` parallel to ``z`` (``u == v``, including ``e == z``): ``R = I``, and
-      ``lam * R`` is exactly the identity when ``e == z``.
+    * ``u == v`` exactly (always so when ``e == z``): ``R = I``, so ``lam * R``
+      is exactly the identity when ``e == z``. (For ``e`` parallel to ``z`` whose
+      unit vectors differ by rounding, the formula gives ``I`` to rounding.)
     * ``||u + v|| < ANTIPARALLEL_TOL`` (antiparallel): ``R = I - 2 u u^T``, the
       reflection along ``u``; it is orthogonal and maps ``u`` to ``-u ~ v``.
     * ``||e|| = 0``: ``lam = 0``, so the map is 0 (the limit ``lam -> 0``).

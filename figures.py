@@ -58,10 +58,8 @@ def config(quick):
 # Each task is a tuple; run_task computes it in a worker and returns plain numbers.
 
 def split_data(n, seed):
-    X = vqref.make_data(n, seed=seed)
-    perm = np.random.default_rng(seed).permutation(n)
-    n_test = n // 5
-    return X[perm[n_test:]], X[perm[:n_test]]
+    """The seed's data set, 80% for training and 20% held out, as in the demo."""
+    return vqref._split(vqref.make_data(n, seed=seed), 0.2, np.random.default_rng(seed))
 
 
 def run_task(task):

@@ -239,11 +239,12 @@ def _assign(Z, E, out_dist=None, out_second=None):
         flat = Gb.ravel()                                           # entry (i, j) at i K + j
         rowstart = np.arange(0, b * K, K)                           # (b,)
         kb = np.argmax(Gb, axis=1)                                  # (b,) best code
-        best = np.take(flat, rowstart + kb)                         # (b,) its score
+        at = rowstart + kb                                          # (b,) flat index of each best
+        best = np.take(flat, at)                                    # (b,) its score
         z2 = _row_sq(Zc)                                            # (b,)
         slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # rounding bound of a score
         if out_second is not None:                                  # second best score (b,)
-            flat[rowstart + kb] = -np.inf
+            flat[at] = -np.inf
             second = np.take(flat, rowstart + np.argmax(Gb, axis=1))
             close = np.flatnonzero(best - second <= slack)
         else:                                                       # only whether it is close

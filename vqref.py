@@ -109,6 +109,11 @@ def _row_sq(A):
     return np.square(A) @ np.ones(A.shape[1])
 
 
+def _dist2(Z, E, k):
+    """Squared distance of each row of Z (n, m) to its codeword E[k] (n,)."""
+    return _row_sq(Z - np.take(E, k, axis=0))
+
+
 def _check_model(X, W, E):
     X = _as_matrix(X, "X")
     W = _as_matrix(W, "W")
@@ -260,7 +265,7 @@ def _assign(Z, E, out_dist=None, out_second=None):
                 second[close] = best[close]                         # the other may be as near
         k[s:s + b] = kb
         if out_dist is not None:
-            out_dist[s:s + b] = _row_sq(Zc - np.take(Ec, kb, axis=0))
+            out_dist[s:s + b] = _dist2(Zc, Ec, kb)
         if out_second is not None:
             # ||z - e||^2 = ||z||^2 - 2 score, lowered by the rounding bound.
             out_second[s:s + b] = z2 - 2.0 * (second + slack)
@@ -407,8 +412,7 @@ def lloyd_max(Z, K, *, init=None, max_iter=100, tol=0.0, seed=0):
             if rows.size == 0:
                 continue
             Zr = np.take(Z, rows, axis=0)                           # (r, m)
-            d = Zr - np.take(E, np.take(labels, rows), axis=0)      # tighten: exact own distance
-            upper[rows] = np.sqrt(_row_sq(d))
+            upper[rows] = np.sqrt(_dist2(Zr, E, np.take(labels, rows)))  # tighten: exact distance
             keep = upper[rows] >= bound[rows - s]
             rows, Zr = rows[keep], Zr[keep]
             if rows.size == 0:
@@ -446,8 +450,8 @@ def lloyd_max(Z, K, *, init=None, max_iter=100, tol=0.0, seed=0):
             # Re-seed each empty cell on one of the rows farthest from their codewords.
             d2 = np.empty(N)
             for s in range(0, N, LLOYD_BLOCK_ROWS):
-                d = Z[s:s + LLOYD_BLOCK_ROWS] - np.take(old, labels[s:s + LLOYD_BLOCK_ROWS], axis=0)
-                d2[s:s + LLOYD_BLOCK_ROWS] = _row_sq(d)
+                blk = slice(s, s + LLOYD_BLOCK_ROWS)
+                d2[blk] = _dist2(Z[blk], old, labels[blk])
             far = np.argsort(-d2, kind="stable")[:empty.size]
             if d2[far[-1]] == 0.0:
                 raise ValueError(f"K={K} is larger than the number of distinct rows of Z")

@@ -316,8 +316,8 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     batch, window = settings["batch"], settings["window"]
     mean = X.mean(axis=0)                                           # (D,)
     Xc = X - mean                                                   # (N, D)
-    W, var = pca(Xc, m, variances=True)
-    _check_lrW(lrW, var[0])
+    W, var = pca(Xc if init_W is None else Xc[::max(1, len(Xc) // 4096)], m, variances=True)
+    _check_lrW(lrW, var[0])                                         # (a subsample will do for it)
     W = W if init_W is None else qr_retraction(np.asarray(init_W, dtype=np.float64))
     rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(2)[0])     # the batches use [1]
     E = kmeans_pp(Xc @ W, K, rng) if init_E is None else np.array(init_E, dtype=np.float64)
@@ -331,7 +331,7 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
         _check_diverged(t, loss, W, E, lrW, lrE)
         hist["loss"][t], hist["mse"][t] = loss, rec
         counts = np.bincount(k, minlength=K)
-        hist["entropy"][t], hist["dead_codes"][t] = usage_entropy(counts), np.sum(counts == 0)
+        hist["entropy"][t], hist["dead_codes"][t] = _entropy(counts), np.sum(counts == 0)
         hist["orth_error"][t] = np.linalg.norm(W.T @ W - np.eye(m))
         if eval_X is not None and t % eval_every == 0:
             ev = evaluate(eval_X, TrainResult(mean, W, E))
@@ -349,8 +349,11 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
 # ------------------------------------------------------------------------ metrics
 def usage_entropy(counts):
     """Entropy in nats of the code usage given by non-negative ``counts`` (K,)."""
-    p = _check_counts(counts)
-    p = p[p > 0] / p.sum()
+    return _entropy(_check_counts(counts))
+
+
+def _entropy(counts):
+    p = counts[counts > 0] / counts.sum()
     return float(-np.sum(p * np.log(p)) + 0.0)
 
 
@@ -776,26 +779,45 @@ def minibatches(N, batch, seed=0):
 
 
 def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
-    """One step of :func:`train` on the batch ``Xc[idx]``: :func:`forward`,
-    :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` fused, without validation.
-    Returns ``W, E, loss, rec, k``."""
+    """One step of :func:`train` on ``Xc[idx]``: :func:`forward`, :func:`backward`,
+    :func:`stiefel_step` and ``E - lrE dE``, equal to them to rounding (tested), in the latent
+    form of README eqs. 4', 8', 9' (the (B, D) ``X_hat`` is never formed). ``rec`` by (4') is
+    recomputed from explicit residuals where (4') would cancel. Returns ``W, E, loss, rec, k``."""
     Xb = np.take(Xc, idx, axis=0)                                   # (B, D)
     B = Xb.shape[0]
     Z = Xb @ W                                                      # (B, m)
     k = _assign(Z, E)
     Q = np.take(E, k, axis=0)                                       # (B, m)
     Rz = Z - Q                                                      # (B, m)
-    Rx = Xb - Q @ W.T                                               # (B, D) = -(B/2) dX_hat
-    rec, dist = np.vdot(Rx, Rx) / B, np.vdot(Rz, Rz) / B
-    dQ = (-2.0 / B) * (Rx @ W)
-    dZ = dQ if estimator == "ste" else apply_rotation(dQ, rotation_factors(Z, Q), transpose=True)
-    dZ = dZ + (2.0 * beta / B) * Rz
-    dW = Xb.T @ dZ - (2.0 / B) * (Rx.T @ Q)
+    QM = Q @ (W.T @ W)                                              # (B, m)
+    x2 = np.vdot(Xb, Xb)
+    rec = (x2 - 2.0 * np.vdot(Q, Z) + np.vdot(QM, Q)) / B           # eq. 4'
+    if rec < 1e-4 * x2 / B:                                         # (4') lost digits: explicit
+        Rx = Xb - Q @ W.T
+        rec = np.vdot(Rx, Rx) / B
+    dQ = (2.0 / B) * (QM - Z)                                       # eq. 9'
+    dZ = (dQ if estimator == "ste" else _rotation_backward(dQ, Z, Q)) + (2.0 * beta / B) * Rz
+    dW = Xb.T @ (dZ - (2.0 / B) * Q) + W @ ((2.0 / B) * (Q.T @ Q))  # eqs. 8', 13
     dE = _cell_sums(Rz, k, E.shape[0]) * (-2.0 * alpha / B)
     S = W.T @ dW
     W = qr_retraction(W - lrW * (dW - W @ (0.5 * (S + S.T))))
-    return W, E - lrE * dE, rec + (alpha + beta) * dist, rec, k
+    return W, E - lrE * dE, rec + (alpha + beta) * np.vdot(Rz, Rz) / B, rec, k
 
+
+def _rotation_backward(G, Z, Q):
+    """``apply_rotation(G, rotation_factors(Z, Q), transpose=True)`` in the (m, B) layout,
+    where rows are long; rows the norms show degenerate take the plain path."""
+    Zt, Qt, Gt = Z.T.copy(), Q.T.copy(), G.T.copy()                 # (m, B)
+    nz, ne = np.sqrt(np.einsum("mb,mb->b", Zt, Zt)), np.sqrt(np.einsum("mb,mb->b", Qt, Qt))
+    if nz.min() > 0 and ne.min() > 0:
+        u, v = Zt / nz, Qt / ne
+        w = u + v
+        ns = np.sqrt(np.einsum("mb,mb->b", w, w))
+        if ns.min() >= ANTIPARALLEL_TOL:
+            w /= ns
+            out = Gt - 2.0 * np.einsum("mb,mb->b", w, Gt) * w + 2.0 * np.einsum("mb,mb->b", v, Gt) * u
+            return (out * (ne / nz)).T
+    return apply_rotation(G, rotation_factors(Z, Q), transpose=True)
 
 
 def _numerical_train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):

@@ -137,6 +137,55 @@ def test_fused_train_step_equals_forward_backward_and_stiefel_step(estimator):
     np.testing.assert_array_equal(k, cache["k"])
 
 
+# ------------------------------------------- why PCA + Lloyd is hard to beat (README eq. 18)
+
+def test_reconstruction_error_splits_into_variance_lost_plus_latent_distortion():
+    X, W, E = data_point(10)
+    Q = E[vqref.nearest_codeword(X @ W, E)]
+    lhs = np.sum((X - Q @ W.T) ** 2, axis=1)
+    rhs = np.sum((X - X @ W @ W.T) ** 2, axis=1) + np.sum((X @ W - Q) ** 2, axis=1)
+    np.testing.assert_allclose(lhs, rhs, rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_ste_reconstruction_gradient_on_the_manifold_is_the_pca_gradient_whatever_the_codebook(seed):
+    X, W, E = data_point(seed)
+    _, dW, _ = vqref.loss_and_grads(X, W, E, estimator="ste", beta=0.0)
+    pca_grad = -(2.0 / len(X)) * (np.eye(len(W)) - W @ W.T) @ X.T @ X @ W
+    np.testing.assert_allclose(vqref.stiefel_project(W, dW), pca_grad, rtol=0, atol=1e-10 * np.abs(pca_grad).max())
+    _, dW2, _ = vqref.loss_and_grads(X, W, 3.0 * E + 1.0, estimator="ste", beta=0.0)
+    np.testing.assert_allclose(vqref.stiefel_project(W, dW2), pca_grad, rtol=0, atol=1e-10 * np.abs(pca_grad).max())
+
+
+def test_ste_at_beta_and_alpha_one_follows_the_true_quantized_mse():
+    """Away from cell boundaries, with beta = alpha = 1 the STE's step is the gradient of the
+    true MSE (1/B) sum ||x - e_k W^T||^2 (k frozen): on the manifold for W, exactly for E."""
+    X, W, E = data_point(13)
+    k = vqref.nearest_codeword(X @ W, E)
+    mse = lambda W, E: np.sum((X - E[k] @ W.T) ** 2) / len(X)   # noqa: E731
+    h, nW, nE = 1e-6, np.zeros_like(W), np.zeros_like(E)
+    for P, G, f in ((W, nW, lambda P: mse(P, E)), (E, nE, lambda P: mse(W, P))):
+        for i in np.ndindex(P.shape):
+            Pp, Pm = P.copy(), P.copy()
+            Pp[i] += h
+            Pm[i] -= h
+            G[i] = (f(Pp) - f(Pm)) / (2 * h)
+    _, dW, dE = vqref.loss_and_grads(X, W, E, estimator="ste", beta=1.0, alpha=1.0)
+    assert vqref.relative_error(vqref.stiefel_project(W, dW), vqref.stiefel_project(W, nW)) < GRAD_TOL
+    assert vqref.relative_error(dE, nE) < GRAD_TOL
+    _, dW_half, _ = vqref.loss_and_grads(X, W, E, estimator="ste", beta=0.5, alpha=1.0)
+    assert vqref.relative_error(vqref.stiefel_project(W, dW_half), vqref.stiefel_project(W, nW)) > 1e-3
+
+
+def test_a_codebook_step_of_one_over_twice_the_cell_share_is_lloyds_update():
+    X, W, E = data_point(14)
+    _, _, dE = vqref.loss_and_grads(X, W, E, alpha=1.0)
+    k = vqref.nearest_codeword(X @ W, E)
+    for j in np.unique(k):
+        lr = len(X) / (2.0 * np.sum(k == j))
+        np.testing.assert_allclose(E[j] - lr * dE[j], (X @ W)[k == j].mean(0), atol=EXACT_TOL)
+
+
 # ------------------------------------------------------------ numerical_grads, grad_check
 
 @pytest.mark.parametrize("h,what", [(1e-30, "below the rounding"), (1e300, "non-finite")])
@@ -216,6 +265,15 @@ def test_rotation_uses_the_reflection_only_below_the_antiparallel_threshold():
     e = -3.0 * np.linalg.norm(z) * (-z / np.linalg.norm(z) + 10 * vqref.ANTIPARALLEL_TOL * perp)
     F = vqref.rotation_factors(z[None], e[None])
     np.testing.assert_allclose(vqref.apply_rotation(z[None], F)[0], e, rtol=0, atol=1e-9)
+
+
+def test_fast_rotation_backward_equals_the_plain_map_including_degenerate_rows():
+    rng = np.random.default_rng(18)
+    Z, Q, G = rng.standard_normal((40, 3)), rng.standard_normal((40, 3)), rng.standard_normal((40, 3))
+    plain = lambda: vqref.apply_rotation(G, vqref.rotation_factors(Z, Q), transpose=True)  # noqa: E731
+    np.testing.assert_allclose(vqref._rotation_backward(G, Z, Q), plain(), rtol=0, atol=EXACT_TOL)
+    Q[3], Z[5], Q[7], Q[9] = -2.0 * Z[3], 0.0, 0.0, Z[9]             # antiparallel, z = 0, e = 0, e = z
+    np.testing.assert_allclose(vqref._rotation_backward(G, Z, Q), plain(), rtol=0, atol=EXACT_TOL)
 
 
 def test_rotation_with_zero_vectors_is_defined():

@@ -387,7 +387,7 @@ def lloyd_max(Z, K, *, init=None, max_iter=1000, tol=0.0, seed=0):
     labels = nearest(E)                                             # (N,)
     history, reseeded, converged, it = [], 0, False, 0
     for it in range(1, max_iter + 1):
-        R = Z - E[labels]                                           # (N, m) residual to own codeword
+        R = Z - np.take(E, labels, axis=0)                          # (N, m) residual to own codeword
         history.append(float(np.mean(_row_sq(R))))                 # distortion of this assignment
         counts = np.bincount(labels, minlength=K)                   # (K,)
         full = counts > 0
@@ -401,7 +401,7 @@ def lloyd_max(Z, K, *, init=None, max_iter=1000, tol=0.0, seed=0):
         converged, labels = empty.size == 0 and np.array_equal(new, labels), new
         if converged or (tol > 0 and it > 1 and history[-2] - history[-1] <= tol * history[-2]):
             break
-    history.append(float(np.mean(_row_sq(Z - E[labels]))))
+    history.append(float(np.mean(_dist2(Z, E, labels))))
     if not converged and tol == 0 and max_iter > 0:
         warnings.warn(f"lloyd_max stopped at max_iter={max_iter} before converging", stacklevel=2)
     return E, {"labels": labels, "distortion": history[-1], "history": np.array(history),
@@ -422,7 +422,7 @@ def baseline(X, K=32, m=4, *, seed=0, max_iter=1000):
 # -------------------------------------------------------------------------- demo
 # "Converged" (README): a codebook step that moves a code used by 1/K of a batch 2 lrE / K
 # of the way to its cell's mean, until the training loss levels off (train's tol, window).
-CONVERGED = dict(lrE=2.0, tol=1e-3, window=1000, steps=20000)
+CONVERGED = dict(lrE=2.0, tol=1e-3, window=500, steps=20000)
 
 
 def main(argv=None):

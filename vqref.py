@@ -325,14 +325,14 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     hist = {key: np.full(steps, np.nan) for key in keys[:5 if eval_X is None else 7]}
     hist["dead_codes"] = np.zeros(steps, dtype=np.int64)
     step = _train_step if estimator != "numerical" else _numerical_train_step
-    batches, t = minibatches(X.shape[0], batch, seed), -1
+    batches, t, eye = minibatches(X.shape[0], batch, seed), -1, np.eye(m)
     for t in range(steps):
         W, E, loss, rec, k = step(Xc, next(batches), W, E, estimator, lrW, lrE, beta, alpha)
         _check_diverged(t, loss, W, E, lrW, lrE)
         hist["loss"][t], hist["mse"][t] = loss, rec
         counts = np.bincount(k, minlength=K)
         hist["entropy"][t], hist["dead_codes"][t] = _entropy(counts), np.sum(counts == 0)
-        hist["orth_error"][t] = np.linalg.norm(W.T @ W - np.eye(m))
+        hist["orth_error"][t] = np.linalg.norm(W.T @ W - eye)
         if eval_X is not None and t % eval_every == 0:
             ev = evaluate(eval_X, TrainResult(mean, W, E))
             hist["eval_mse"][t], hist["eval_entropy"][t] = ev["mse"], ev["entropy"]
@@ -695,13 +695,18 @@ def _assign(Z, E, out_dist=None, out_second=None):
         best = np.take(flat, at)
         z2 = _row_sq(Zc)
         slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # rounding bound of a score
-        flat[at] = -np.inf
-        second = np.take(flat, rowstart + np.argmax(Gb, axis=1))    # (b,) second-best score
-        close = np.flatnonzero(best - second <= slack)
+        if out_second is not None:
+            flat[at] = -np.inf
+            second = np.take(flat, rowstart + np.argmax(Gb, axis=1))  # (b,) second-best score
+            close = np.flatnonzero(best - second <= slack)
+        else:                                                       # only which rows are near-ties
+            near = Gb >= (best - slack)[:, None]                    # (b, K)
+            close = np.flatnonzero(near.sum(axis=1) > 1) if np.count_nonzero(near) > b else rowstart[:0]
         if close.size:                                              # near-ties: exact distances
             diff = np.take(Z, s + close, axis=0)[:, None, :] - E[None]   # (r, K, m)
             kb[close] = np.argmin(np.einsum("rkm,rkm->rk", diff, diff), axis=1)
-            second[close] = best[close]
+            if out_second is not None:
+                second[close] = best[close]
         k[s:s + b] = kb
         if out_dist is not None:
             out_dist[s:s + b] = _dist2(Zc, Ec, kb)

@@ -98,7 +98,7 @@ def kmeans_pp(Z, K, rng):
     """
     Z = _as_matrix(Z, "Z")
     K = _check_int(K, "K", 1, Z.shape[0])
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(_check_seed(rng, "rng"))
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(_check_int(rng, "rng", 0))
     idx, d2 = [int(rng.integers(Z.shape[0]))], np.full(Z.shape[0], np.inf)
     for j in range(1, K):
         np.minimum(d2, _row_sq(Z - Z[idx[-1]]), out=d2)             # (N,) to the nearest so far
@@ -327,22 +327,22 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     step = _train_step if estimator != "numerical" else _numerical_train_step
     batches, t, eye = minibatches(X.shape[0], batch, seed), -1, np.eye(m)
     for t in range(steps):
-        W, E, loss, rec, k = step(Xc, next(batches), W, E, estimator, lrW, lrE, beta, alpha)
+        idx = next(batches)
+        W, E, loss, rec, k = step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha)
         _check_diverged(t, loss, W, E, lrW, lrE)
         hist["loss"][t], hist["mse"][t] = loss, rec
         counts = np.bincount(k, minlength=K)
-        hist["entropy"][t], hist["dead_codes"][t] = _entropy(counts), np.sum(counts == 0)
+        hist["entropy"][t], hist["dead_codes"][t] = _entropy(counts), K - np.count_nonzero(counts)
         hist["orth_error"][t] = np.linalg.norm(W.T @ W - eye)
-        if eval_X is not None and t % eval_every == 0:
+        stop = tol is not None and (t + 1) % window == 0 and levelled_off(hist["loss"][:t + 1], window, tol)
+        if eval_X is not None and (t % eval_every == 0 or t == steps - 1 or stop):
             ev = evaluate(eval_X, TrainResult(mean, W, E))
             hist["eval_mse"][t], hist["eval_entropy"][t] = ev["mse"], ev["entropy"]
-        if tol is not None and (t + 1) % window == 0 and levelled_off(hist["loss"][:t + 1], window, tol):
+        if stop:
             break
     hist = {key: v[:t + 1] for key, v in hist.items()}
-    if eval_X is not None and t >= 0:                               # the final model, always
-        ev = evaluate(eval_X, TrainResult(mean, W, E))
-        hist["eval_mse"][t], hist["eval_entropy"][t] = ev["mse"], ev["entropy"]
-    _warn_if_collapsed(np.bincount(_assign(Xc @ W, E), minlength=K), "the training data")
+    if t >= 0:                                                      # the final model on the last batch
+        _warn_if_collapsed(np.bincount(_assign(Xc[idx] @ W, E), minlength=K), "the last training batch")
     return TrainResult(mean, W, E, hist, dict(settings, steps_run=t + 1))
 
 
@@ -350,11 +350,6 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
 def usage_entropy(counts):
     """Entropy in nats of the code usage given by non-negative ``counts`` (K,)."""
     return _entropy(_check_counts(counts))
-
-
-def _entropy(counts):
-    p = counts[counts > 0] / counts.sum()
-    return float(-np.sum(p * np.log(p)) + 0.0)
 
 
 def evaluate(X, model):
@@ -477,7 +472,7 @@ def _as_matrix(A, name, *, cols=None):
     if cols is not None and A.shape[1] != cols:
         raise ValueError(f"{name} must have {cols} columns, got shape {A.shape}")
     A = np.asarray(A, dtype=np.float64)
-    big = np.abs(A).max()
+    big = max(A.max(), -A.min())                                    # NaN propagates
     if not np.isfinite(big):
         raise ValueError(f"{name} contains NaN or inf")
     if big > SAFE_MAX or 0 < big < SAFE_MIN:
@@ -501,12 +496,6 @@ def _check_real(value, name, *, positive=False):
     if not np.isfinite(value) or value < 0 or (positive and value == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value}")
     return float(value)
-
-
-def _check_seed(seed, name="seed"):
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def _check_estimator(estimator, allowed=ESTIMATORS):
@@ -540,8 +529,7 @@ def _check_codes(codes, K):
 
 
 def _check_distinct_rows(Z, K):
-    """ValueError unless ``Z`` has at least ``K`` distinct rows (a 1-D projection decides
-    most cases with one sort; np.unique over rows decides the rest)."""
+    """ValueError unless ``Z`` has ``K`` distinct rows (one sort of a projection decides most cases)."""
     if K == 1 or np.unique(Z @ np.cos(np.arange(1, Z.shape[1] + 1))).size >= K:
         return
     n = np.unique(Z, axis=0).shape[0]
@@ -554,25 +542,22 @@ def _check_make_data(n, D, seed, rank, decay, scale, noise, bimodal, sep):
     rank = min(_check_int(rank, "rank", 1), D)
     _check_real(decay, "decay", positive=True), _check_real(scale, "scale", positive=True)
     _check_real(noise, "noise"), _check_real(sep, "sep")
-    return n, D, rank, _check_int(bimodal, "bimodal", 0, D - rank), np.random.default_rng(_check_seed(seed))
+    return n, D, rank, _check_int(bimodal, "bimodal", 0, D - rank), np.random.default_rng(_check_int(seed, "seed", 0))
 
 
 def _check_train(X, a):
     """Validate train()'s arguments ``a`` (its locals); return X and the settings dict."""
     X = _as_matrix(X, "X")
-    N, D = X.shape
-    _check_estimator(a["estimator"])
-    s = dict(estimator=a["estimator"], K=_check_int(a["K"], "K", 1, N), m=_check_int(a["m"], "m", 1, D),
-             steps=_check_int(a["steps"], "steps", 0, MAX_STEPS), batch=_check_int(a["batch"], "batch", 1),
-             lrW=_check_real(a["lrW"], "lrW", positive=True), lrE=_check_real(a["lrE"], "lrE", positive=True),
-             beta=_check_real(a["beta"], "beta"), alpha=_check_real(a["alpha"], "alpha"),
-             seed=_check_seed(a["seed"]), window=_check_int(a["window"], "window", 1),
-             tol=None if a["tol"] is None else _check_real(a["tol"], "tol"))
-    _check_int(a["eval_every"], "eval_every", 1)
-    if a["eval_X"] is not None:
-        _as_matrix(a["eval_X"], "eval_X", cols=D)
-    for name, shape in (("init_W", (D, s["m"])), ("init_E", (s["K"], s["m"]))):
-        if a[name] is not None and _as_matrix(a[name], name).shape != shape:
+    (N, D), s = X.shape, {k: a[k] for k in ("estimator", "K", "m", "steps", "lrW", "lrE", "beta", "alpha",
+                                            "batch", "seed", "tol", "window")}
+    _check_estimator(s["estimator"])
+    for name, low, high in (("K", 1, N), ("m", 1, D), ("steps", 0, MAX_STEPS), ("batch", 1, None),
+                            ("seed", 0, None), ("window", 1, None), ("eval_every", 1, None)):
+        _check_int(a[name], name, low, high)
+    for name in ("lrW", "lrE", "beta", "alpha") + ("tol",) * (a["tol"] is not None):
+        _check_real(a[name], name, positive=name.startswith("lr"))
+    for name, shape in (("eval_X", (None, D)), ("init_W", (D, s["m"])), ("init_E", (s["K"], s["m"]))):
+        if a[name] is not None and _as_matrix(a[name], name).shape[shape[0] is None:] != shape[shape[0] is None:]:
             raise ValueError(f"{name} must have shape {shape}, got {np.shape(a[name])}")
     if s["batch"] > N:
         warnings.warn(f"batch={s['batch']} is larger than the data (N={N}); using batch={N}", stacklevel=3)
@@ -613,7 +598,7 @@ def _check_lloyd(Z, K, init, seed):
     K = _check_int(K, "K", 1, Z.shape[0])
     _check_distinct_rows(Z, K)
     if init is None:
-        return Z, K, kmeans_pp(Z, K, np.random.default_rng(_check_seed(seed)))
+        return Z, K, kmeans_pp(Z, K, np.random.default_rng(_check_int(seed, "seed", 0)))
     E = _as_matrix(init, "init", cols=Z.shape[1]).copy()
     if E.shape[0] != K:
         raise ValueError(f"init must have shape (K, m) = ({K}, {Z.shape[1]}), got {E.shape}")
@@ -632,7 +617,7 @@ def check_point(X, m, K, *, seed=0, margin=1e-4):
     orthonormal, ``E`` (K, m) k-means++ on ``X W`` plus noise, redrawn until each row's two
     nearest squared distances differ by more than ``margin`` (so ``h`` flips no code)."""
     X = _as_matrix(X, "X")
-    rng = np.random.default_rng(_check_seed(seed))
+    rng = np.random.default_rng(_check_int(seed, "seed", 0))
     for _ in range(100):
         W = qr_retraction(rng.standard_normal((X.shape[1], m)))    # (D, m)
         Z = X @ W
@@ -641,6 +626,7 @@ def check_point(X, m, K, *, seed=0, margin=1e-4):
         if K == 1 or np.min(d2[:, 1] - d2[:, 0]) > margin:
             return W, E
     raise ValueError(f"no check point with margin={margin} found; use fewer rows or a smaller margin")
+
 
 # ------------------------------------------------------------- small kernels
 def _row_sq(A):
@@ -653,6 +639,11 @@ def _dist2(Z, E, k):
     return _row_sq(Z - np.take(E, k, axis=0))
 
 
+def _entropy(counts):
+    p = counts[counts > 0] / counts.sum()
+    return float(-np.sum(p * np.log(p)) + 0.0)
+
+
 def _cell_sums(R, labels, K):
     """Sum of the rows of ``R`` (N, m) in each cell (K, m): ``np.add.at(S, labels, R)``, by bincount."""
     m = R.shape[1]
@@ -661,65 +652,45 @@ def _cell_sums(R, labels, K):
 
 
 # ---------------------------------------------------- assignment (= nearest_codeword)
-def _assign(Z, E, out_dist=None, out_second=None):
-    """:func:`nearest_codeword` in blocks of rows, without validation.
-
-    Scores ``z.e - ||e||^2/2`` (the expanded distance, up to ``||z||^2``) about the
-    codebook mean, one augmented product per block; rows whose best two scores lie
-    within the rounding bound ``ASSIGN_TIE_RTOL`` are decided by exact distances, so
-    exact ties go to the lowest index. Optionally writes each row's squared distance to
-    its codeword (``out_dist``) and a lower bound on that to any other (``out_second``).
-    """
-    N, m = Z.shape
-    K = E.shape[0]
-    c = E.sum(axis=0) / K
-    Ec = E - c                                                      # (K, m)
-    A = np.empty((m + 1, K))                                        # [e; -||e||^2/2]
-    A[:m] = Ec.T
-    A[m] = -0.5 * np.einsum("km,km->k", Ec, Ec)
-    e2max = -2.0 * A[m].min()
-    step = max(256, ASSIGN_CHUNK_ELEMENTS // K)
-    Za = np.empty((min(step, N), m + 1))
-    Za[:, m] = 1.0
-    G = np.empty((min(step, N), K))
-    k = np.empty(N, dtype=np.int64)
+def _assign(Z, E, out_second=None):
+    """:func:`nearest_codeword` in blocks, unvalidated: scores ``z.e - ||e||^2/2`` about the codebook
+    mean in one product; rows whose two best scores lie within the rounding bound ``ASSIGN_TIE_RTOL``
+    are decided by exact distances. ``out_second``: a lower bound on ``||z - e||^2`` to other codes."""
+    (N, m), K = Z.shape, E.shape[0]
+    c, A = E.sum(axis=0) / K, np.empty((m + 1, K))                 # A = [e; -||e||^2 / 2], about c
+    A[:m] = (E - c).T
+    A[m] = -0.5 * np.einsum("mk,mk->k", A[:m], A[:m])
+    e2max, step = -2.0 * A[m].min(), max(256, ASSIGN_CHUNK_ELEMENTS // K)
+    Za, Gbuf, k = np.ones((min(step, N), m + 1)), np.empty((min(step, N), K)), np.empty(N, dtype=np.int64)
     for s in range(0, N, step):
         b = min(step, N - s)
-        Zc = Za[:b, :m]
-        np.subtract(Z[s:s + b], c, out=Zc)                          # (b, m)
-        Gb = np.matmul(Za[:b], A, out=G[:b])                        # (b, K) scores
-        flat = Gb.ravel()
-        rowstart = np.arange(0, b * K, K)
-        kb = np.argmax(Gb, axis=1)                                  # (b,)
-        at = rowstart + kb
-        best = np.take(flat, at)
-        z2 = _row_sq(Zc)
+        Zc = np.subtract(Z[s:s + b], c, out=Za[:b, :m])             # (b, m)
+        G = np.matmul(Za[:b], A, out=Gbuf[:b])                      # (b, K) scores
+        at = np.arange(0, b * K, K)
+        kb = np.argmax(G, axis=1)                                   # (b,)
+        best, z2 = np.take(G, at + kb), _row_sq(Zc)
         slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # rounding bound of a score
-        if out_second is not None:
-            flat[at] = -np.inf
-            second = np.take(flat, rowstart + np.argmax(Gb, axis=1))  # (b,) second-best score
+        if out_second is None:                                      # only which rows are near-ties
+            near = G >= (best - slack)[:, None]
+            close = np.flatnonzero(near.sum(axis=1) > 1) if np.count_nonzero(near) > b else kb[:0]
+        else:
+            G.ravel()[at + kb] = -np.inf
+            second = np.take(G, at + np.argmax(G, axis=1))          # (b,) second-best score
             close = np.flatnonzero(best - second <= slack)
-        else:                                                       # only which rows are near-ties
-            near = Gb >= (best - slack)[:, None]                    # (b, K)
-            close = np.flatnonzero(near.sum(axis=1) > 1) if np.count_nonzero(near) > b else rowstart[:0]
         if close.size:                                              # near-ties: exact distances
             diff = np.take(Z, s + close, axis=0)[:, None, :] - E[None]   # (r, K, m)
             kb[close] = np.argmin(np.einsum("rkm,rkm->rk", diff, diff), axis=1)
             if out_second is not None:
                 second[close] = best[close]
         k[s:s + b] = kb
-        if out_dist is not None:
-            out_dist[s:s + b] = _dist2(Zc, Ec, kb)
         if out_second is not None:
             out_second[s:s + b] = z2 - 2.0 * (second + slack)      # ||z - e||^2 lowered by the bound
     return k
 
-
 # ------------------------------------------- Lloyd's distance bounds (= assign)
 def _half_gaps(E):
     """Half the distance from each codeword to its nearest other one, rounded down (K,)."""
-    K = E.shape[0]
-    if K == 1:
+    if E.shape[0] == 1:
         return np.full(1, np.inf)
     Ec = E - E.mean(axis=0)
     e2 = np.einsum("km,km->k", Ec, Ec)
@@ -730,64 +701,51 @@ def _half_gaps(E):
 
 
 class _BoundedAssign:
-    """``assign(Z, E)`` for a sequence of codebooks ``E``, skipping certified rows [7].
-
-    Each row keeps an upper bound on the distance to its codeword and a lower bound on
-    the distance to any other, moved by how far the codewords move (triangle
-    inequality); a row is re-assigned only when they do not certify its code.
-    """
+    """``assign(Z, E)`` for a sequence of codebooks, skipping certified rows [7]: each row keeps an upper
+    bound on the distance to its codeword and a lower bound on that to any other, moved by how far
+    the codewords move (triangle inequality); only rows they do not certify are re-assigned."""
 
     def __init__(self, Z):
-        N = Z.shape[0]
-        self.Z, self.E = Z, None
-        self.labels = np.zeros(N, dtype=np.int64)
-        self.upper, self.lower = np.full(N, np.inf), np.zeros(N)
+        self.Z, self.E, self.labels = Z, None, np.zeros(Z.shape[0], dtype=np.int64)
+        self.upper, self.lower = np.full(Z.shape[0], np.inf), np.zeros(Z.shape[0])
 
     def __call__(self, E):
         Z, labels, upper, lower = self.Z, self.labels, self.upper, self.lower
-        if self.E is not None:
-            shift = np.sqrt(_row_sq(E - self.E))                    # (K,) how far each codeword moved
+        if self.E is not None:                                      # the bounds follow the codewords
+            shift = np.sqrt(_row_sq(E - self.E))                    # (K,)
             top = np.argsort(-shift, kind="stable")[:2]
             others = np.full(E.shape[0], shift[top[0]])             # largest move of another code
             others[top[0]] = shift[top[-1]]
             upper += np.take(shift, labels)
             lower -= np.take(others, labels)
-        self.E = E.copy()
-        half_gaps = _half_gaps(E)
+        self.E, half_gaps = E.copy(), _half_gaps(E)
         for s in range(0, Z.shape[0], LLOYD_BLOCK_ROWS):
             blk = slice(s, s + LLOYD_BLOCK_ROWS)
             bound = np.maximum(lower[blk], np.take(half_gaps, labels[blk]))
             rows = s + np.flatnonzero(upper[blk] >= bound)
-            if rows.size == 0:
-                continue
-            Zr = np.take(Z, rows, axis=0)                           # (r, m)
-            upper[rows] = np.sqrt(_dist2(Zr, E, np.take(labels, rows)))  # tighten to exact
-            keep = upper[rows] >= bound[rows - s]
-            rows, Zr = rows[keep], Zr[keep]
-            if rows.size == 0:
-                continue
-            d2, second = np.empty(rows.size), np.empty(rows.size)
-            labels[rows] = _assign(Zr, E, d2, second)
-            upper[rows] = np.sqrt(d2)
-            lower[rows] = np.sqrt(np.maximum(second, 0.0))
+            upper[rows] = np.sqrt(_dist2(np.take(Z, rows, axis=0), E, np.take(labels, rows)))  # exact
+            rows = rows[upper[rows] >= bound[rows - s]]
+            if rows.size:
+                Zr, second = np.take(Z, rows, axis=0), np.empty(rows.size)
+                labels[rows] = _assign(Zr, E, second)
+                upper[rows] = np.sqrt(_dist2(Zr, E, np.take(labels, rows)))
+                lower[rows] = np.sqrt(np.maximum(second, 0.0))
         return labels.copy()
-
 
 # ------------------------------------------- training step (= forward + backward)
 def minibatches(N, batch, seed=0):
     """Endless batches of row indices: each epoch a fresh permutation of ``range(N)``, cut
     into batches of ``batch`` (the order :func:`train` uses for ``seed``)."""
-    rng = np.random.default_rng(np.random.SeedSequence(_check_seed(seed)).spawn(2)[1])
+    rng = np.random.default_rng(np.random.SeedSequence(_check_int(seed, "seed", 0)).spawn(2)[1])
     while True:
         order = rng.permutation(N)
         yield from (order[s:s + batch] for s in range(0, N - batch + 1, batch))
 
 
 def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
-    """One step of :func:`train` on ``Xc[idx]``: :func:`forward`, :func:`backward`,
-    :func:`stiefel_step` and ``E - lrE dE``, equal to them to rounding (tested), in the latent
-    form of README eqs. 4', 8', 9' (the (B, D) ``X_hat`` is never formed). ``rec`` by (4') is
-    recomputed from explicit residuals where (4') would cancel. Returns ``W, E, loss, rec, k``."""
+    """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal
+    to rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``.
+    Returns ``W, E, loss, rec, k``; ``rec`` is explicit where (4') would cancel."""
     Xb = np.take(Xc, idx, axis=0)                                   # (B, D)
     B = Xb.shape[0]
     Z = Xb @ W                                                      # (B, m)
@@ -836,7 +794,7 @@ def _numerical_train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
 def split(X, test_fraction=0.2, seed=0):
     """Shuffle the rows of ``X`` and split them into ``(train, test)``."""
     X = _as_matrix(X, "X")
-    perm = np.random.default_rng(_check_seed(seed)).permutation(X.shape[0])
+    perm = np.random.default_rng(_check_int(seed, "seed", 0)).permutation(X.shape[0])
     n_test = max(1, int(round(_check_real(test_fraction, "test_fraction") * X.shape[0])))
     return X[perm[n_test:]], X[perm[:n_test]]
 
@@ -844,11 +802,10 @@ def split(X, test_fraction=0.2, seed=0):
 def _demo_args(argv):
     p = argparse.ArgumentParser(prog="vqref", description=main.__doc__)
     for flag, typ, default, what in (
-            ("K", int, 32, "codebook size"), ("m", int, 4, "latent dimension"),
-            ("D", int, 64, "data dimension"), ("n", int, 20000, "rows, 20%% held out"),
-            ("steps", int, 300, "steps of the study's protocol"), ("batch", int, 1024, "batch size"),
-            ("lrW", float, 0.08, "encoder learning rate"), ("lrE", float, 0.2, "codebook learning "
-             "rate of the study's protocol"), ("beta", float, 0.25, "commitment weight"),
+            ("K", int, 32, "codebook size"), ("m", int, 4, "latent dimension"), ("D", int, 64, "data dimension"),
+            ("n", int, 20000, "rows, 20%% held out"), ("steps", int, 300, "steps of the study's protocol"),
+            ("batch", int, 1024, "batch size"), ("lrW", float, 0.08, "encoder learning rate"), ("lrE", float, 0.2,
+             "codebook learning rate of the study's protocol"), ("beta", float, 0.25, "commitment weight"),
             ("alpha", float, 1.0, "codebook weight"), ("seed", int, 0, "random seed")):
         p.add_argument(f"--{flag}", type=typ, default=default, help=f"{what} (default {default})")
     return p, p.parse_args(argv)

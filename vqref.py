@@ -324,11 +324,10 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     keys = ["loss", "mse", "entropy", "dead_codes", "orth_error", "eval_mse", "eval_entropy"]
     hist = {key: np.full(steps, np.nan) for key in keys[:5 if eval_X is None else 7]}
     hist["dead_codes"] = np.zeros(steps, dtype=np.int64)
-    step = _train_step if estimator != "numerical" else _numerical_train_step
     batches, t, eye = minibatches(X.shape[0], batch, seed), -1, np.eye(m)
     for t in range(steps):
         idx = next(batches)
-        W, E, loss, rec, k = step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha)
+        W, E, loss, rec, k = _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha)
         _check_diverged(t, loss, W, E, lrW, lrE)
         hist["loss"][t], hist["mse"][t] = loss, rec
         counts = np.bincount(k, minlength=K)
@@ -434,8 +433,8 @@ def main(argv=None):
                 t0 = time.perf_counter()
                 res = train(Xtr, estimator=name.lower(), **kw, **pkw)
                 rows.append((f"{name}, {proto}", str(res.settings["steps_run"]), res, time.perf_counter() - t0))
-    except (ValueError, FloatingPointError) as err:                 # bad flags, divergence
-        p.error(_flag_message(str(err), vars(a)))
+    except (ValueError, FloatingPointError) as err:                 # bad flags, divergence: name the flag
+        p.error(f"--{err}" if str(err).split(" ")[0].split("=")[0] in vars(a) else str(err))
     evs = _print_demo_table(a, len(Xtr), rows, Xte)
     Xc = Xtr[:256] - base.mean                                      # gradient check on 256 rows
     W, E = check_point(Xc, a.m, min(a.K, len(Xc)), seed=a.seed)
@@ -450,8 +449,7 @@ def main(argv=None):
 # Machinery: nothing below changes a result; it makes it fast or safe.
 # =============================================================================
 
-SAFE_MAX = 1e100   # |entries| accepted: squared distances stay far from overflow ...
-SAFE_MIN = 1e-100  # ... and from underflow (largest entry below this, but not 0, is refused)
+SAFE_MIN, SAFE_MAX = 1e-100, 1e100  # largest |entry| accepted (or 0): squared distances neither under- nor overflow
 MAX_STEPS = 10 ** 7
 ASSIGN_CHUNK_ELEMENTS = 1 << 16  # entries of one (rows, K) score block of _assign
 ASSIGN_TIE_RTOL = 1e-12          # relative rounding bound of the expanded distance form
@@ -465,83 +463,83 @@ def _as_matrix(A, name, *, cols=None):
         A = np.asarray(A)
     except ValueError as err:                                       # ragged nested lists
         raise ValueError(f"{name} must be a rectangular numeric array ({err})") from None
-    if A.dtype == object or np.iscomplexobj(A) or not (np.issubdtype(A.dtype, np.number) or A.dtype == bool):
-        raise ValueError(f"{name} must be a real numeric array, got dtype {A.dtype}")
-    if A.ndim != 2 or 0 in A.shape:
-        raise ValueError(f"{name} must be 2-D and non-empty (rows are samples), got shape {A.shape}")
-    if cols is not None and A.shape[1] != cols:
-        raise ValueError(f"{name} must have {cols} columns, got shape {A.shape}")
+    _require(A.dtype.kind in "biuf", f"{name} must be a real numeric array, got dtype {A.dtype}")
+    _require(A.ndim == 2 and 0 not in A.shape, f"{name} must be 2-D and non-empty, got shape {A.shape}")
+    _require(cols is None or A.shape[1] == cols, f"{name} must have {cols} columns, got shape {A.shape}")
     A = np.asarray(A, dtype=np.float64)
     big = max(A.max(), -A.min())                                    # NaN propagates
-    if not np.isfinite(big):
-        raise ValueError(f"{name} contains NaN or inf")
-    if big > SAFE_MAX or 0 < big < SAFE_MIN:
-        raise ValueError(f"{name} has entries of magnitude {big:.1e}: squared distances would "
-                         f"{'overflow' if big > 1 else 'underflow'}; rescale {name} to within "
-                         f"[{SAFE_MIN:g}, {SAFE_MAX:g}] (for example, divide by its standard deviation)")
+    _require(np.isfinite(big), f"{name} contains NaN or inf")
+    _require(big <= SAFE_MAX and not 0 < big < SAFE_MIN, f"{name} has entries of magnitude {big:.1e}, where squared "
+             f"distances {'overflow' if big > 1 else 'underflow'}: rescale {name} into [{SAFE_MIN:g}, {SAFE_MAX:g}]")
     return A
 
 
 def _check_int(value, name, low, high=None):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be {f'>= {low}' if high is None else f'in [{low}, {high}]'}, got {value}")
+    _require(isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)),
+             f"{name} must be an integer, got {value!r}")
+    _require(low <= value <= (value if high is None else high),
+             f"{name} must be {f'>= {low}' if high is None else f'in [{low}, {high}]'}, got {value}")
     return int(value)
 
 
 def _check_real(value, name, *, positive=False):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
-    if not np.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value}")
+    _require(isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)),
+             f"{name} must be a real number, got {value!r}")
+    _require(np.isfinite(value) and value >= 0 and not (positive and value == 0),
+             f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value}")
     return float(value)
 
 
+def _require(ok, message, error=ValueError):
+    if not ok:
+        raise error(message)
+
+
 def _check_estimator(estimator, allowed=ESTIMATORS):
-    if estimator not in allowed:
-        raise ValueError(f"estimator must be one of {allowed}, got {estimator!r}")
-    return estimator
+    _require(estimator in allowed, f"estimator must be one of {allowed}, got {estimator!r}")
 
 
 def _check_XWE(X, W, E):
     X, W = _as_matrix(X, "X"), _as_matrix(W, "W")
-    if W.shape[0] != X.shape[1]:
-        raise ValueError(f"W must have shape (D, m) = ({X.shape[1]}, m), got {W.shape}")
+    _require(W.shape[0] == X.shape[1], f"W must have shape (D, m) = ({X.shape[1]}, m), got {W.shape}")
     return X, W, _as_matrix(E, "E", cols=W.shape[1])
 
 
 def _check_model(model):
-    if not all(hasattr(model, a) for a in ("mean", "W", "E")):
-        raise ValueError(f"model must have mean, W and E (a TrainResult), got {type(model).__name__}")
-    W = _as_matrix(model.W, "model.W")
-    mean = np.asarray(model.mean, dtype=np.float64)
-    if mean.shape != (W.shape[0],) or not np.all(np.isfinite(mean)):
-        raise ValueError(f"model.mean must be finite with shape ({W.shape[0]},), got {mean.shape}")
+    _require(all(hasattr(model, a) for a in ("mean", "W", "E")),
+             f"model must have mean, W and E (a TrainResult), got {type(model).__name__}")
+    W, mean = _as_matrix(model.W, "model.W"), np.asarray(model.mean, dtype=np.float64)
+    _require(mean.shape == (W.shape[0],) and np.all(np.isfinite(mean)),
+             f"model.mean must be finite with shape ({W.shape[0]},), got {mean.shape}")
     return mean, W, _as_matrix(model.E, "model.E", cols=W.shape[1])
 
 
 def _check_codes(codes, K):
-    codes = np.asarray(codes)
-    if codes.ndim != 1 or codes.size == 0 or codes.dtype.kind not in "iu" or not 0 <= codes.min() <= codes.max() < K:
-        raise ValueError(f"codes must be a non-empty 1-D integer array with values in [0, {K - 1}]")
-    return codes
+    c = np.asarray(codes)
+    _require(c.ndim == 1 and c.size > 0 and c.dtype.kind in "iu" and 0 <= c.min() <= c.max() < K,
+             f"codes must be a non-empty 1-D integer array with values in [0, {K - 1}]")
+    return c
+
+
+def _check_counts(counts):
+    p = np.asarray(counts, dtype=np.float64)
+    _require(p.ndim == 1 and p.size > 0 and np.all(np.isfinite(p)) and np.all(p >= 0),
+             f"counts must be a non-empty 1-D array of non-negative numbers, got {counts!r}")
+    return p
 
 
 def _check_distinct_rows(Z, K):
     """ValueError unless ``Z`` has ``K`` distinct rows (one sort of a projection decides most cases)."""
-    if K == 1 or np.unique(Z @ np.cos(np.arange(1, Z.shape[1] + 1))).size >= K:
-        return
-    n = np.unique(Z, axis=0).shape[0]
-    if n < K:
-        raise ValueError(f"K={K} is larger than the number of distinct rows of Z ({n}); lower K")
+    if K > 1 and np.unique(Z @ np.cos(np.arange(1, Z.shape[1] + 1))).size < K:
+        n = np.unique(Z, axis=0).shape[0]
+        _require(n >= K, f"K={K} is larger than the number of distinct rows of Z ({n}); lower K")
 
 
 def _check_make_data(n, D, seed, rank, decay, scale, noise, bimodal, sep):
     n, D = _check_int(n, "n", 1), _check_int(D, "D", 1)
     rank = min(_check_int(rank, "rank", 1), D)
-    _check_real(decay, "decay", positive=True), _check_real(scale, "scale", positive=True)
-    _check_real(noise, "noise"), _check_real(sep, "sep")
+    for value, name in ((decay, "decay"), (scale, "scale"), (noise, "noise"), (sep, "sep")):
+        _check_real(value, name, positive=name in ("decay", "scale"))
     return n, D, rank, _check_int(bimodal, "bimodal", 0, D - rank), np.random.default_rng(_check_int(seed, "seed", 0))
 
 
@@ -556,9 +554,11 @@ def _check_train(X, a):
         _check_int(a[name], name, low, high)
     for name in ("lrW", "lrE", "beta", "alpha") + ("tol",) * (a["tol"] is not None):
         _check_real(a[name], name, positive=name.startswith("lr"))
-    for name, shape in (("eval_X", (None, D)), ("init_W", (D, s["m"])), ("init_E", (s["K"], s["m"]))):
-        if a[name] is not None and _as_matrix(a[name], name).shape[shape[0] is None:] != shape[shape[0] is None:]:
-            raise ValueError(f"{name} must have shape {shape}, got {np.shape(a[name])}")
+    for name, shape in (("init_W", (D, s["m"])), ("init_E", (s["K"], s["m"]))):
+        _require(a[name] is None or _as_matrix(a[name], name).shape == shape,
+                 f"{name} must have shape {shape}, got {np.shape(a[name])}")
+    if a["eval_X"] is not None:
+        _as_matrix(a["eval_X"], "eval_X", cols=D)
     if s["batch"] > N:
         warnings.warn(f"batch={s['batch']} is larger than the data (N={N}); using batch={N}", stacklevel=3)
         s["batch"] = N
@@ -567,30 +567,20 @@ def _check_train(X, a):
 
 def _check_lrW(lrW, top_variance):
     """The encoder's step grows with the data's variance; past this bound training goes wrong."""
-    if lrW > LRW_TIMES_VARIANCE_MAX / top_variance:
-        raise ValueError(f"lrW={lrW:g} is too large for data of this scale (top variance "
-                         f"{top_variance:.3g}): use lrW <= {LRW_TIMES_VARIANCE_MAX / top_variance:.3g}, "
-                         "or standardize X (README, \"Choosing learning rates\")")
+    _require(lrW <= LRW_TIMES_VARIANCE_MAX / top_variance, f"lrW={lrW:g} is too large for data of this "
+             f"scale (top variance {top_variance:.3g}): use lrW <= {LRW_TIMES_VARIANCE_MAX / top_variance:.3g}, "
+             "or standardize X (README, \"Choosing learning rates\")")
 
 
 def _check_diverged(t, loss, W, E, lrW, lrE):
-    if not (np.isfinite(loss) and np.isfinite(W.sum()) and np.abs(E).max() <= SAFE_MAX):
-        raise FloatingPointError(f"training diverged at step {t}; lower the learning rates "
-                                 f"(lrW={lrW:g}, lrE={lrE:g})")
+    _require(np.isfinite(loss) and np.isfinite(W.sum()) and np.abs(E).max() <= SAFE_MAX, f"training diverged "
+             f"at step {t}; lower the learning rates (lrW={lrW:g}, lrE={lrE:g})", FloatingPointError)
 
 
 def _check_step(h, W, E):
     top = max(np.abs(W).max(), np.abs(E).max())
-    if top + h == top:
-        raise ValueError(f"h={h:g} is below the rounding of the largest entry of W and E; use h near 1e-6")
+    _require(top + h != top, f"h={h:g} is below the rounding of the largest entry of W and E; use h near 1e-6")
     return h
-
-
-def _check_counts(counts):
-    p = np.asarray(counts, dtype=np.float64)
-    if p.ndim != 1 or p.size == 0 or not np.all(np.isfinite(p)) or np.any(p < 0):
-        raise ValueError(f"counts must be a non-empty 1-D array of non-negative numbers, got {counts!r}")
-    return p
 
 
 def _check_lloyd(Z, K, init, seed):
@@ -600,22 +590,20 @@ def _check_lloyd(Z, K, init, seed):
     if init is None:
         return Z, K, kmeans_pp(Z, K, np.random.default_rng(_check_int(seed, "seed", 0)))
     E = _as_matrix(init, "init", cols=Z.shape[1]).copy()
-    if E.shape[0] != K:
-        raise ValueError(f"init must have shape (K, m) = ({K}, {Z.shape[1]}), got {E.shape}")
+    _require(E.shape[0] == K, f"init must have shape (K, m) = ({K}, {Z.shape[1]}), got {E.shape}")
     return Z, K, E
 
 
 def _warn_if_collapsed(counts, where):
     if counts.size > 1 and np.count_nonzero(counts) == 1:
-        warnings.warn(f"all but one of the K={counts.size} codes are dead on {where}; "
-                      "every row gets the same codeword", stacklevel=3)
+        warnings.warn(f"all but one of the K={counts.size} codes are dead on {where}; every row gets the same codeword",
+                      stacklevel=3)
 
 
 # ---------------------------------------- a point for the gradient check
 def check_point(X, m, K, *, seed=0, margin=1e-4):
-    """A random point ``(W, E)`` for a gradient check on ``X`` (N, D): ``W`` (D, m) random
-    orthonormal, ``E`` (K, m) k-means++ on ``X W`` plus noise, redrawn until each row's two
-    nearest squared distances differ by more than ``margin`` (so ``h`` flips no code)."""
+    """A random ``(W (D, m) orthonormal, E (K, m))`` for a gradient check on ``X`` (N, D), redrawn until
+    each row's two nearest squared distances differ by more than ``margin`` (so ``h`` flips no code)."""
     X = _as_matrix(X, "X")
     rng = np.random.default_rng(_check_int(seed, "seed", 0))
     for _ in range(100):
@@ -646,9 +634,8 @@ def _entropy(counts):
 
 def _cell_sums(R, labels, K):
     """Sum of the rows of ``R`` (N, m) in each cell (K, m): ``np.add.at(S, labels, R)``, by bincount."""
-    m = R.shape[1]
-    flat = (labels[:, None] * m + np.arange(m)).ravel()             # (N * m,)
-    return np.bincount(flat, weights=R.ravel(), minlength=K * m).reshape(K, m)
+    flat = (labels[:, None] * R.shape[1] + np.arange(R.shape[1])).ravel()  # (N * m,) index of (cell, column)
+    return np.bincount(flat, weights=R.ravel(), minlength=K * R.shape[1]).reshape(K, R.shape[1])
 
 
 # ---------------------------------------------------- assignment (= nearest_codeword)
@@ -666,8 +653,7 @@ def _assign(Z, E, out_second=None):
         b = min(step, N - s)
         Zc = np.subtract(Z[s:s + b], c, out=Za[:b, :m])             # (b, m)
         G = np.matmul(Za[:b], A, out=Gbuf[:b])                      # (b, K) scores
-        at = np.arange(0, b * K, K)
-        kb = np.argmax(G, axis=1)                                   # (b,)
+        at, kb = np.arange(0, b * K, K), np.argmax(G, axis=1)        # (b,) row starts, best codes
         best, z2 = np.take(G, at + kb), _row_sq(Zc)
         slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # rounding bound of a score
         if out_second is None:                                      # only which rows are near-ties
@@ -688,18 +674,6 @@ def _assign(Z, E, out_second=None):
     return k
 
 # ------------------------------------------- Lloyd's distance bounds (= assign)
-def _half_gaps(E):
-    """Half the distance from each codeword to its nearest other one, rounded down (K,)."""
-    if E.shape[0] == 1:
-        return np.full(1, np.inf)
-    Ec = E - E.mean(axis=0)
-    e2 = np.einsum("km,km->k", Ec, Ec)
-    D2 = e2[:, None] + e2[None, :] - 2.0 * (Ec @ Ec.T)             # (K, K)
-    D2 -= 2.0 * ASSIGN_TIE_RTOL * (e2[:, None] + e2.max())          # minus its rounding bound
-    np.fill_diagonal(D2, np.inf)
-    return 0.5 * np.sqrt(np.maximum(D2.min(axis=1), 0.0))
-
-
 class _BoundedAssign:
     """``assign(Z, E)`` for a sequence of codebooks, skipping certified rows [7]: each row keeps an upper
     bound on the distance to its codeword and a lower bound on that to any other, moved by how far
@@ -718,7 +692,11 @@ class _BoundedAssign:
             others[top[0]] = shift[top[-1]]
             upper += np.take(shift, labels)
             lower -= np.take(others, labels)
-        self.E, half_gaps = E.copy(), _half_gaps(E)
+        self.E, Ec = E.copy(), E - E.mean(axis=0)                   # half of each code's gap, rounded down:
+        e2 = np.einsum("km,km->k", Ec, Ec)                          # nearer than that, no other code is
+        D2 = e2[:, None] + e2[None, :] - 2.0 * (Ec @ Ec.T) - 2.0 * ASSIGN_TIE_RTOL * (e2[:, None] + e2.max())
+        np.fill_diagonal(D2, np.inf)
+        half_gaps = 0.5 * np.sqrt(np.maximum(D2.min(axis=1), 0.0))  # (K,), inf when K = 1
         for s in range(0, Z.shape[0], LLOYD_BLOCK_ROWS):
             blk = slice(s, s + LLOYD_BLOCK_ROWS)
             bound = np.maximum(lower[blk], np.take(half_gaps, labels[blk]))
@@ -734,8 +712,7 @@ class _BoundedAssign:
 
 # ------------------------------------------- training step (= forward + backward)
 def minibatches(N, batch, seed=0):
-    """Endless batches of row indices: each epoch a fresh permutation of ``range(N)``, cut
-    into batches of ``batch`` (the order :func:`train` uses for ``seed``)."""
+    """Endless batches of row indices, each epoch a fresh permutation of ``range(N)`` (train's order)."""
     rng = np.random.default_rng(np.random.SeedSequence(_check_int(seed, "seed", 0)).spawn(2)[1])
     while True:
         order = rng.permutation(N)
@@ -744,10 +721,13 @@ def minibatches(N, batch, seed=0):
 
 def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
     """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal
-    to rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``.
-    Returns ``W, E, loss, rec, k``; ``rec`` is explicit where (4') would cancel."""
-    Xb = np.take(Xc, idx, axis=0)                                   # (B, D)
-    B = Xb.shape[0]
+    to rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``;
+    "numerical": STE by :func:`numerical_grads` (a slow check). Returns ``W, E, loss, rec, k``."""
+    if estimator == "numerical":
+        rec, dist, cache = forward(Xc[idx], W, E)
+        dW, dE = numerical_grads(Xc[idx], W, E, estimator="ste", beta=beta, alpha=alpha)
+        return stiefel_step(W, dW, lrW), E - lrE * dE, rec + (alpha + beta) * dist, rec, cache["k"]
+    Xb, B = np.take(Xc, idx, axis=0), len(idx)                      # (B, D)
     Z = Xb @ W                                                      # (B, m)
     k = _assign(Z, E)
     Q = np.take(E, k, axis=0)                                       # (B, m)
@@ -762,14 +742,12 @@ def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
     dZ = (dQ if estimator == "ste" else _rotation_backward(dQ, Z, Q)) + (2.0 * beta / B) * Rz
     dW = Xb.T @ (dZ - (2.0 / B) * Q) + W @ ((2.0 / B) * (Q.T @ Q))  # eqs. 8', 13
     dE = _cell_sums(Rz, k, E.shape[0]) * (-2.0 * alpha / B)
-    S = W.T @ dW
-    W = qr_retraction(W - lrW * (dW - W @ (0.5 * (S + S.T))))
+    W = qr_retraction(W - lrW * stiefel_project(W, dW))            # eqs. 16-17
     return W, E - lrE * dE, rec + (alpha + beta) * np.vdot(Rz, Rz) / B, rec, k
 
 
 def _rotation_backward(G, Z, Q):
-    """``apply_rotation(G, rotation_factors(Z, Q), transpose=True)`` in the (m, B) layout,
-    where rows are long; rows the norms show degenerate take the plain path."""
+    """``apply_rotation(G, rotation_factors(Z, Q), transpose=True)`` in the (m, B) layout (long rows)."""
     Zt, Qt, Gt = Z.T.copy(), Q.T.copy(), G.T.copy()                 # (m, B)
     nz, ne = np.sqrt(np.einsum("mb,mb->b", Zt, Zt)), np.sqrt(np.einsum("mb,mb->b", Qt, Qt))
     if nz.min() > 0 and ne.min() > 0:
@@ -781,13 +759,6 @@ def _rotation_backward(G, Z, Q):
             out = Gt - 2.0 * np.einsum("mb,mb->b", w, Gt) * w + 2.0 * np.einsum("mb,mb->b", v, Gt) * u
             return (out * (ne / nz)).T
     return apply_rotation(G, rotation_factors(Z, Q), transpose=True)
-
-
-def _numerical_train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
-    """One train() step with finite-difference gradients of STE's surrogate (a check; slow)."""
-    rec, dist, cache = forward(Xc[idx], W, E)
-    dW, dE = numerical_grads(Xc[idx], W, E, estimator="ste", beta=beta, alpha=alpha)
-    return stiefel_step(W, dW, lrW), E - lrE * dE, rec + (alpha + beta) * dist, rec, cache["k"]
 
 
 # --------------------------------------------------------------- demo plumbing
@@ -811,18 +782,12 @@ def _demo_args(argv):
     return p, p.parse_args(argv)
 
 
-def _flag_message(msg, flags):
-    """An error about a demo flag, named as the flag (``seed must ...`` -> ``--seed must ...``)."""
-    word = msg.split(" ", 1)[0].split("=", 1)[0]
-    return f"--{msg}" if word in flags else msg
-
-
 def _print_demo_table(a, n_train, rows, Xte):
-    print(f"vqref demo: D={a.D} m={a.m} K={a.K}, {n_train} training rows, {len(Xte)} held out, batch="
-          f"{a.batch} lrW={a.lrW} beta={a.beta} alpha={a.alpha} seed={a.seed}\nstudy: {a.steps} steps "
-          f"at lrE={a.lrE}; converged: lrE={CONVERGED['lrE']} until the training loss improves by < "
-          f"{CONVERGED['tol']:g} over {CONVERGED['window']} steps\n{'method':<20} {'steps':>7} "
-          f"{'test MSE':>9} {'vs base':>8} {'entropy':>8} {'of log K':>8} {'dead':>5} {'time':>7}")
+    print(f"vqref demo: D={a.D} m={a.m} K={a.K}, {n_train} training rows, {len(Xte)} held out, batch={a.batch} "
+          f"lrW={a.lrW} beta={a.beta} alpha={a.alpha} seed={a.seed}\nstudy: {a.steps} steps at lrE={a.lrE}; "
+          f"converged: lrE={CONVERGED['lrE']} until the training loss improves by < {CONVERGED['tol']:g} over "
+          f"{CONVERGED['window']} steps\n{'method':<20} {'steps':>7} {'test MSE':>9} {'vs base':>8} {'entropy':>8} "
+          f"{'of log K':>8} {'dead':>5} {'time':>7}")
     evs = [evaluate(Xte, model) for _, _, model, _ in rows]
     for (name, steps, _, sec), ev in zip(rows, evs):
         share = ev["entropy"] / ev["max_entropy"] if ev["max_entropy"] else 1.0

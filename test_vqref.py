@@ -186,6 +186,16 @@ def test_a_codebook_step_of_one_over_twice_the_cell_share_is_lloyds_update():
         np.testing.assert_allclose(E[j] - lr * dE[j], (X @ W)[k == j].mean(0), atol=EXACT_TOL)
 
 
+def test_fast_step_loss_stays_exact_when_the_reconstruction_is_nearly_perfect():
+    """Where (4') would cancel (rec far below ||x||^2), the fast step uses explicit residuals."""
+    rng = np.random.default_rng(19)
+    W = vqref.qr_retraction(rng.standard_normal((8, 2)))
+    E = rng.standard_normal((3, 2)) * 5
+    X = E[rng.integers(0, 3, 64)] @ W.T + 1e-7 * rng.standard_normal((64, 8))
+    _, _, loss, rec, _ = vqref._train_step(X, np.arange(64), W, E, "ste", 0.01, 0.1, 0.0, 1.0)
+    assert rec == pytest.approx(loss_by_definition(X, W, E, 0.0, 0.0), rel=REPORT_RTOL, abs=0)
+
+
 # ------------------------------------------------------------ numerical_grads, grad_check
 
 @pytest.mark.parametrize("h,what", [(1e-30, "below the rounding"), (1e300, "non-finite")])
@@ -246,9 +256,9 @@ def test_rotation_is_orthogonal_and_its_backward_map_is_the_transpose(seed):
 
 
 def test_rotation_is_exactly_the_identity_when_the_codeword_equals_z():
-    z = np.array([[0.3, -1.7, 2.9, 1e-3]])
+    z = np.random.default_rng(1).standard_normal((200, 4)) * [1.0, 1e3, 1e-3, 7.0]
     F = vqref.rotation_factors(z, z.copy())
-    g = np.random.default_rng(0).standard_normal((1, 4))
+    g = np.random.default_rng(0).standard_normal((200, 4))
     np.testing.assert_array_equal(vqref.apply_rotation(g, F), g)
     np.testing.assert_array_equal(vqref.apply_rotation(g, F, transpose=True), g)
 
@@ -262,18 +272,27 @@ def test_rotation_uses_the_reflection_only_below_the_antiparallel_threshold():
     # At ||u + v|| = 10 x the threshold the rotation itself maps z onto e; the reflection
     # (a threshold 1000 x larger) would miss e by about ||e|| ||u + v|| = 1e-4.
     perp = np.array([2.0, -1.0, 0.0]) / np.sqrt(5.0)
-    e = -3.0 * np.linalg.norm(z) * (-z / np.linalg.norm(z) + 10 * vqref.ANTIPARALLEL_TOL * perp)
+    e = 3.0 * np.linalg.norm(z) * (-z / np.linalg.norm(z) + 10 * vqref.ANTIPARALLEL_TOL * perp)
+    lam, u, v, w = vqref.rotation_factors(z[None], e[None])
+    assert 5 * vqref.ANTIPARALLEL_TOL < np.linalg.norm(u + v) < 20 * vqref.ANTIPARALLEL_TOL
     F = vqref.rotation_factors(z[None], e[None])
     np.testing.assert_allclose(vqref.apply_rotation(z[None], F)[0], e, rtol=0, atol=1e-9)
 
 
-def test_fast_rotation_backward_equals_the_plain_map_including_degenerate_rows():
+@pytest.mark.parametrize("case", ["regular", "antiparallel", "z = 0", "e = 0", "e = z"])
+def test_fast_rotation_backward_equals_the_plain_map_including_degenerate_rows(case):
     rng = np.random.default_rng(18)
     Z, Q, G = rng.standard_normal((40, 3)), rng.standard_normal((40, 3)), rng.standard_normal((40, 3))
-    plain = lambda: vqref.apply_rotation(G, vqref.rotation_factors(Z, Q), transpose=True)  # noqa: E731
-    np.testing.assert_allclose(vqref._rotation_backward(G, Z, Q), plain(), rtol=0, atol=EXACT_TOL)
-    Q[3], Z[5], Q[7], Q[9] = -2.0 * Z[3], 0.0, 0.0, Z[9]             # antiparallel, z = 0, e = 0, e = z
-    np.testing.assert_allclose(vqref._rotation_backward(G, Z, Q), plain(), rtol=0, atol=EXACT_TOL)
+    if case == "antiparallel":
+        Q[3] = -2.0 * Z[3]
+    elif case == "z = 0":
+        Z[5] = 0.0
+    elif case == "e = 0":
+        Q[7] = 0.0
+    elif case == "e = z":
+        Q[9] = Z[9]
+    plain = vqref.apply_rotation(G, vqref.rotation_factors(Z, Q), transpose=True)
+    np.testing.assert_allclose(vqref._rotation_backward(G, Z, Q), plain, rtol=0, atol=EXACT_TOL)
 
 
 def test_rotation_with_zero_vectors_is_defined():

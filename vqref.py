@@ -142,8 +142,7 @@ def rotation_factors(Z, Q):
     ok = (nz > 0) & (ne > 0)
     same, anti = ok & np.all(u == v, axis=1), ok & (ns < ANTIPARALLEL_TOL)
     u[~ok | same], v[~ok | same], w[~ok | same] = 0.0, 0.0, 0.0     # R = I
-    lam[nz == 0] = 1.0                                              # lam R = I when z = 0
-    lam[(nz > 0) & (ne == 0)] = 0.0                                 # lam = 0 when e = 0
+    lam[nz == 0] = 1.0                                              # lam R = I when z = 0 (e = 0: lam = 0)
     v[anti], w[anti] = -u[anti], 0.0                                # R = I - 2 u u^T
     return lam, u, v, w
 
@@ -391,8 +390,8 @@ def lloyd_max(Z, K, *, init=None, max_iter=1000, tol=0.0, seed=0):
             far = np.argsort(-_row_sq(Z - E[labels]), kind="stable")[:empty.size]
             E[empty] = Z[far]
             reseeded += empty.size
-        new = nearest(E)
-        converged, labels = empty.size == 0 and np.array_equal(new, labels), new
+        new = nearest(E)                                            # a re-seeded row always changes code,
+        converged, labels = np.array_equal(new, labels), new        # so unchanged codes: none re-seeded
         if converged or (tol > 0 and it > 1 and history[-2] - history[-1] <= tol * history[-2]):
             break
     history.append(float(np.mean(_dist2(Z, E, labels))))

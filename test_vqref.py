@@ -110,7 +110,7 @@ def test_loss_matches_its_definition_and_the_frozen_surrogate():
 
 
 def test_loss_is_exact_far_from_the_origin():
-    """Issue 7: at an offset of 1e8 an expanded form gave -30.6 where eq. 4 gives 7.45."""
+    """At an offset of 1e8 the expanded form (4') gives -30.6 where eq. 4 gives 7.45."""
     X, W, E = data_point(8, D=6, m=2, K=4)
     X = X + 1e8
     E = E + (X @ W).mean(axis=0)
@@ -412,7 +412,8 @@ def test_lloyd_with_distance_bounds_equals_plain_lloyd(K, seed):
     ([[3.0], [-1], [2]], [[3.0], [1], [3]], None, 0.0),
 ])
 def test_lloyd_ends_at_a_fixed_point_after_re_seeding(Z, init, E_fixed, distortion):
-    """Issue 7: these returned E = [0, 1] (0.5), [21.2, 100] (311.5) and a dead code (0.17)."""
+    """Re-seeding must not end the run: counting only reassigned rows, these stopped at E = [0, 1]
+    (0.5), [21.2, 100] (311.5) and a dead code (0.17)."""
     Z = np.array(Z)
     E, info = vqref.lloyd_max(Z, len(init), init=np.array(init))
     assert info["converged"] and info["distortion"] == pytest.approx(distortion, abs=EXACT_TOL)
@@ -434,7 +435,7 @@ def test_lloyd_converged_means_every_codeword_is_its_cell_mean():
 
 @pytest.mark.parametrize("offset", [1e6, 1e8])
 def test_lloyd_distortion_is_exact_for_clusters_far_apart(offset):
-    """Issue 7: at +-1e8 the expanded form reported -17.9 for a true 1.25."""
+    """At +-1e8 the distortion by cell statistics (an expanded form) is -17.9 for a true 1.25."""
     rng = np.random.default_rng(4)
     Z = np.vstack([rng.standard_normal((300, 2)) - offset, rng.standard_normal((300, 2)) + offset])
     E, info = vqref.lloyd_max(Z, 4, seed=0)
@@ -564,7 +565,7 @@ def test_training_keeps_W_orthonormal_and_lowers_the_loss(small_data, estimator)
 
 
 def test_training_history_is_exact_far_from_the_origin(small_data):
-    """Issue 7: train's loss at an offset of 1e8 was -30.6 where eq. 4 gives 7.45."""
+    """Data at an offset of 1e8: the loss history must be eq. 4, not an expanded form that cancels."""
     Xtr, _ = small_data
     X = Xtr[:, :6] + 1e8
     init = vqref.train(X, K=4, m=2, steps=0, batch=64)
@@ -682,7 +683,7 @@ def test_evaluate_counts_dead_codes_and_scores_by_explicit_residuals():
 
 
 def test_evaluate_distortion_is_exact_with_a_far_codeword():
-    """Issue 7: a codeword at 1e17 made the reported distortion 4.537 for an exact 4.290."""
+    """A codeword at 1e17: the distortion expanded about the codebook mean is 4.537, the exact 4.290."""
     rng = np.random.default_rng(3)
     Z = rng.standard_normal((400, 3)) * 3
     E = np.vstack([rng.standard_normal((5, 3)), [[1e17, 0.0, 0.0]]])

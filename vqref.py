@@ -433,7 +433,7 @@ def main(argv=None):
                 res = train(Xtr, estimator=name.lower(), **kw, **pkw)
                 rows.append((f"{name}, {proto}", str(res.settings["steps_run"]), res, time.perf_counter() - t0))
     except (ValueError, FloatingPointError) as err:                 # bad flags, divergence: name the flag
-        p.error(f"--{err}" if str(err).split(" ")[0].split("=")[0] in vars(a) else str(err))
+        p.exit(2, f"vqref: error: {'--' * (str(err).split(' ')[0].split('=')[0] in vars(a))}{err}\n")
     evs = _print_demo_table(a, len(Xtr), rows, Xte)
     Xc = Xtr[:256] - base.mean                                      # gradient check on 256 rows
     W, E = check_point(Xc, a.m, min(a.K, len(Xc)), seed=a.seed)

@@ -150,10 +150,10 @@ def rotation_factors(Z, Q):
 def apply_rotation(G, factors, *, transpose=False):
     """Apply ``lam R`` (eq. 6) or, with ``transpose``, ``lam R^T`` (eq. 11) to each row of ``G`` (B, m)."""
     lam, u, v, w = factors
-    a, b = (v, u) if transpose else (u, v)                          # R^T = I - 2 w w^T + 2 u v^T
-    wg = np.sum(w * G, axis=1, keepdims=True)                       # (B, 1)
-    ag = np.sum(a * G, axis=1, keepdims=True)                       # (B, 1)
-    return lam[:, None] * (G - 2.0 * wg * w + 2.0 * ag * b)         # (B, m)
+    a, b = (v, u) if transpose else (u, v)                          # eq. 11: R^T swaps u and v
+    wg = np.sum(w * G, axis=1, keepdims=True)                       # (B, 1)  w.g
+    ag = np.sum(a * G, axis=1, keepdims=True)                       # (B, 1)  u.g (v.g for R^T)
+    return lam[:, None] * (G - 2.0 * wg * w + 2.0 * ag * b)         # (B, m)  eq. 6 (11): lam R g
 
 
 # ----------------------------------------------------------------- backward pass

@@ -22,6 +22,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse                                        # noqa: E402
 import datetime                                        # noqa: E402
+import inspect                                         # noqa: E402
 import itertools                                       # noqa: E402
 import json                                            # noqa: E402
 import multiprocessing                                 # noqa: E402
@@ -456,7 +457,7 @@ def plot_all(S, out, n_seeds):
         ax.legend(fontsize=6)
     a1.set(xlabel="codebook size K", ylabel="held-out MSE", title=f"(a) MSE (mean ± std, {n_seeds} seeds)")
     a2.set(xlabel="codebook size K", ylabel="MSE vs baseline, same seed (%)",
-           title=f"(b) change against PCA + Lloyd-Max, paired per seed (mean ± std)")
+           title="(b) change against PCA + Lloyd-Max, paired per seed (mean ± std)")
     paths["codebook_scaling"] = save(fig, out, "codebook_scaling.png")
 
     # 4. commitment weight, paired change against the baseline
@@ -609,9 +610,11 @@ def readme_section(R, figdir="figures"):
         for m in ("ste", "rotation"):
             r = S[p]["scaling"]["32"][m]
             L.append(f"| {LABELS[m]}, {p} | {pm(r['mse'])} | {pm(r['resid'])} | {pm(r['distortion'])} |")
+    md = {k: v.default for k, v in inspect.signature(vqref.make_data).parameters.items()}
     L += ["", "### Where learning wins", "",
-          f"`make_data(n, bimodal=1)`: the Gaussian signal plus one direction carrying +-1.15 (variance 1.34, less "
-          "than the weakest Gaussian direction's 1.46), which PCA therefore leaves out. Converged protocol; change "
+          f"`make_data(n, bimodal=1)`: the Gaussian signal plus one direction carrying +-{md['sep']} (variance "
+          f"{1.01 * md['sep'] ** 2:.2f}, less than the weakest Gaussian direction's "
+          f"{md['scale'] * md['decay'] ** (md['rank'] - 1):.2f}), which PCA therefore leaves out. Converged protocol; change "
           "of held-out MSE against PCA + Lloyd-Max on the same seed, and the sine of the largest principal angle "
           "between the learned encoder and the PCA subspace (0: it stayed there).", "",
           "| K | best subspace + Lloyd | STE from PCA | rotation from PCA | STE from random | rotation from random |",

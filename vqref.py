@@ -700,10 +700,11 @@ class _BoundedAssign:
             blk = slice(s, s + LLOYD_BLOCK_ROWS)
             bound = np.maximum(lower[blk], np.take(half_gaps, labels[blk]))
             rows = s + np.flatnonzero(upper[blk] >= bound)
-            upper[rows] = np.sqrt(_dist2(np.take(Z, rows, axis=0), E, np.take(labels, rows)))  # exact
-            rows = rows[upper[rows] >= bound[rows - s]]
+            Zr = np.take(Z, rows, axis=0)                           # (r, m), gathered once
+            upper[rows] = np.sqrt(_dist2(Zr, E, np.take(labels, rows)))  # tightened to the exact distance
+            keep = upper[rows] >= bound[rows - s]
+            rows, Zr, second = rows[keep], Zr[keep], np.empty(np.count_nonzero(keep))
             if rows.size:
-                Zr, second = np.take(Z, rows, axis=0), np.empty(rows.size)
                 labels[rows] = _assign(Zr, E, second)
                 upper[rows] = np.sqrt(_dist2(Zr, E, np.take(labels, rows)))
                 lower[rows] = np.sqrt(np.maximum(second, 0.0))

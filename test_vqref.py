@@ -407,6 +407,27 @@ def test_lloyd_with_distance_bounds_equals_plain_lloyd(K, seed):
     assert info["reseeded"] >= (2 if K >= 5 else 0)
 
 
+def test_lloyd_cells_keep_codes_counts_sums_and_bounds_of_the_plain_computation():
+    """_LloydCells updates its statistics incrementally; after every move they equal the plain ones."""
+    rng = np.random.default_rng(21)
+    Z = rng.standard_normal((2000, 3)) * [3.0, 1.0, 0.5] + 1e4      # far from the origin
+    E = Z[rng.choice(len(Z), 20, replace=False)].copy()
+    cells = vqref._LloydCells(Z, E)
+    for _ in range(15):
+        E = E + 0.2 * rng.standard_normal(E.shape) * rng.random((20, 1))   # uneven moves
+        cells.update(E)
+        k = vqref.nearest_codeword(Z, E)
+        np.testing.assert_array_equal(cells.labels, k)
+        np.testing.assert_array_equal(cells.counts, np.bincount(k, minlength=20))
+        sums = np.array([(Z[k == j] - E[j]).sum(0) for j in range(20)])
+        np.testing.assert_allclose(cells.sums, sums, rtol=0, atol=1e-9 * len(Z))
+        D = np.sqrt(((Z[:, None, :] - E[None]) ** 2).sum(-1))
+        assert np.all(cells.upper >= D[np.arange(len(Z)), k] * (1 - 1e-12))
+        D[np.arange(len(Z)), k] = np.inf
+        assert np.all(cells.lower <= D.min(1) * (1 + 1e-12))
+        assert cells.distortion() == pytest.approx(brute_distortion(Z, E), rel=REPORT_RTOL)
+
+
 @pytest.mark.parametrize("Z,init,E_fixed,distortion", [
     ([[-1.0], [1.0]], [[-1.0], [10.0]], [[-1.0], [1.0]], 0.0),
     ([[0.0], [1], [2], [3], [100]], [[0.0], [1000]], [[1.5], [100.0]], 1.0),

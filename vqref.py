@@ -376,28 +376,24 @@ def lloyd_max(Z, K, *, init=None, max_iter=1000, tol=0.0, seed=0):
     ``distortion``, ``history`` (``n_iter + 1`` values), ``n_iter``, ``converged``, ``reseeded``."""
     Z, K, E = _check_lloyd(Z, K, init, seed)
     max_iter, tol = _check_int(max_iter, "max_iter", 0), _check_real(tol, "tol")
-    nearest = _BoundedAssign(Z)                                     # = assign(Z, E) at every call
-    labels = nearest(E)                                             # (N,)
+    cells = _LloydCells(Z, E)                                       # codes = assign(Z, E), cell statistics
     history, reseeded, converged, it = [], 0, False, 0
     for it in range(1, max_iter + 1):
-        R = Z - np.take(E, labels, axis=0)                          # (N, m) residual to own codeword
-        history.append(float(np.mean(_row_sq(R))))                 # distortion of this assignment
-        counts = np.bincount(labels, minlength=K)                   # (K,)
-        full = counts > 0
-        E[full] += _cell_sums(R, labels, K)[full] / counts[full, None]  # to the mean of the cell
+        history.append(cells.distortion())                          # distortion of this assignment
+        full = cells.counts > 0                                     # (K,); cells.sums: sums of z - e_k
+        E[full] += cells.sums[full] / cells.counts[full, None]      # to the mean of the cell
         empty = np.flatnonzero(~full)
         if empty.size:
-            far = np.argsort(-_row_sq(Z - E[labels]), kind="stable")[:empty.size]
+            far = np.argsort(-_dist2(Z, E, cells.labels), kind="stable")[:empty.size]
             E[empty] = Z[far]
             reseeded += empty.size
-        new = nearest(E)                                            # a re-seeded row always changes code,
-        converged, labels = np.array_equal(new, labels), new        # so unchanged codes: none re-seeded
+        converged = cells.update(E) == 0                            # a re-seeded row always changes code,
         if converged or (tol > 0 and it > 1 and history[-2] - history[-1] <= tol * history[-2]):
-            break
-    history.append(float(np.mean(_dist2(Z, E, labels))))
+            break                                                   # so unchanged codes: none re-seeded
+    history.append(cells.distortion())
     if not converged and tol == 0 and max_iter > 0:
         warnings.warn(f"lloyd_max stopped at max_iter={max_iter} before converging", stacklevel=2)
-    return E, {"labels": labels, "distortion": history[-1], "history": np.array(history),
+    return E, {"labels": cells.labels.copy(), "distortion": history[-1], "history": np.array(history),
                "n_iter": it, "converged": bool(converged), "reseeded": reseeded}
 
 
@@ -452,7 +448,6 @@ SAFE_MIN, SAFE_MAX = 1e-100, 1e100  # largest |entry| accepted (or 0): squared d
 MAX_STEPS = 10 ** 7
 ASSIGN_CHUNK_ELEMENTS = 1 << 16  # entries of one (rows, K) score block of _assign
 ASSIGN_TIE_RTOL = 1e-12          # relative rounding bound of the expanded distance form
-LLOYD_BLOCK_ROWS = 1 << 17       # rows _BoundedAssign handles at a time
 
 
 # ---------------------------------------------------------------- validation
@@ -515,16 +510,14 @@ def _check_model(model):
 
 def _check_codes(codes, K):
     c = np.asarray(codes)
-    _require(c.ndim == 1 and c.size > 0 and c.dtype.kind in "iu" and 0 <= c.min() <= c.max() < K,
-             f"codes must be a non-empty 1-D integer array with values in [0, {K - 1}]")
-    return c
+    return _require(c.ndim == 1 and c.size > 0 and c.dtype.kind in "iu" and 0 <= c.min() <= c.max() < K,
+                    f"codes must be a non-empty 1-D integer array with values in [0, {K - 1}]") or c
 
 
 def _check_counts(counts):
     p = np.asarray(counts, dtype=np.float64)
-    _require(p.ndim == 1 and p.size > 0 and np.all(np.isfinite(p)) and np.all(p >= 0),
-             f"counts must be a non-empty 1-D array of non-negative numbers, got {counts!r}")
-    return p
+    return _require(p.ndim == 1 and p.size > 0 and np.all(np.isfinite(p)) and np.all(p >= 0),
+                    f"counts must be a non-empty 1-D array of non-negative numbers, got {counts!r}") or p
 
 
 def _check_distinct_rows(Z, K):
@@ -556,8 +549,7 @@ def _check_train(X, a):
     for name, shape in (("init_W", (D, s["m"])), ("init_E", (s["K"], s["m"]))):
         _require(a[name] is None or _as_matrix(a[name], name).shape == shape,
                  f"{name} must have shape {shape}, got {np.shape(a[name])}")
-    if a["eval_X"] is not None:
-        _as_matrix(a["eval_X"], "eval_X", cols=D)
+    a["eval_X"] is None or _as_matrix(a["eval_X"], "eval_X", cols=D)
     if s["batch"] > N:
         warnings.warn(f"batch={s['batch']} is larger than the data (N={N}); using batch={N}", stacklevel=3)
         s["batch"] = N
@@ -589,8 +581,7 @@ def _check_lloyd(Z, K, init, seed):
     if init is None:
         return Z, K, kmeans_pp(Z, K, np.random.default_rng(_check_int(seed, "seed", 0)))
     E = _as_matrix(init, "init", cols=Z.shape[1]).copy()
-    _require(E.shape[0] == K, f"init must have shape (K, m) = ({K}, {Z.shape[1]}), got {E.shape}")
-    return Z, K, E
+    return Z, K, _require(E.shape[0] == K, f"init must have shape (K, m) = ({K}, {Z.shape[1]}), got {E.shape}") or E
 
 
 def _warn_if_collapsed(counts, where):
@@ -623,7 +614,7 @@ def _row_sq(A):
 
 def _dist2(Z, E, k):
     """Squared distance of each row of ``Z`` (n, m) to its codeword ``E[k]`` (n,)."""
-    return _row_sq(Z - np.take(E, k, axis=0))
+    return _row_sq(Z - np.take(E, k, axis=0, mode="clip"))
 
 
 def _entropy(counts):
@@ -672,43 +663,53 @@ def _assign(Z, E, out_second=None):
             out_second[s:s + b] = z2 - 2.0 * (second + slack)      # ||z - e||^2 lowered by the bound
     return k
 
-# ------------------------------------------- Lloyd's distance bounds (= assign)
-class _BoundedAssign:
-    """``assign(Z, E)`` for a sequence of codebooks, skipping certified rows [7]: each row keeps an upper
-    bound on the distance to its codeword and a lower bound on that to any other, moved by how far
-    the codewords move (triangle inequality); only rows they do not certify are re-assigned."""
+# ------------------------------------------- Lloyd's cells and distance bounds (= assign)
+class _LloydCells:
+    """lloyd_max's state for a sequence of codebooks: codes ``labels`` (= assign(Z, E)) of the rows of ``Z``
+    (N, m), each cell's ``counts`` and ``sums`` (K, m) of ``z - e_k``, updated where codes change. Distance
+    bounds [7] spare re-assigning most rows: an upper bound on each row's distance to its codeword and a
+    lower bound on that to any other follow the codewords' moves (triangle inequality)."""
 
-    def __init__(self, Z):
-        self.Z, self.E, self.labels = Z, None, np.zeros(Z.shape[0], dtype=np.int64)
-        self.upper, self.lower = np.full(Z.shape[0], np.inf), np.zeros(Z.shape[0])
+    def __init__(self, Z, E):
+        K, second = E.shape[0], np.empty(Z.shape[0])
+        self.Z, self.E, self.buf, self.labels = Z, E.copy(), np.empty_like(Z), _assign(Z, E, second)
+        R = Z - np.take(E, self.labels, axis=0, mode="clip")        # (N, m)
+        self.upper, self.lower = np.sqrt(_row_sq(R)), np.sqrt(np.maximum(second, 0.0))
+        self.counts, self.sums = np.bincount(self.labels, minlength=K), _cell_sums(R, self.labels, K)
 
-    def __call__(self, E):
-        Z, labels, upper, lower = self.Z, self.labels, self.upper, self.lower
-        if self.E is not None:                                      # the bounds follow the codewords
-            shift = np.sqrt(_row_sq(E - self.E))                    # (K,)
-            top = np.argsort(-shift, kind="stable")[:2]
-            others = np.full(E.shape[0], shift[top[0]])             # largest move of another code
-            others[top[0]] = shift[top[-1]]
-            upper += np.take(shift, labels)
-            lower -= np.take(others, labels)
+    def distortion(self):
+        """Mean ``||z - e_k||^2`` of the current codes, from explicit residuals."""
+        R = np.subtract(self.Z, np.take(self.E, self.labels, axis=0, out=self.buf, mode="clip"), out=self.buf)
+        return float(np.vdot(R, R)) / R.shape[0]
+
+    def update(self, E):
+        """Move to the codebook ``E`` (K, m); returns how many rows changed code."""
+        K, shift = E.shape[0], np.sqrt(_row_sq(E - self.E))         # (K,) how far each codeword moved
+        self.sums -= self.counts[:, None] * (E - self.E)            # residual sums about the new codewords
+        top = np.argsort(-shift, kind="stable")[:2]                 # largest move of another code:
+        others = np.where(np.arange(K) == top[0], shift[top[-1]], shift[top[0]])
+        self.upper += np.take(shift, self.labels, mode="clip")
+        self.lower -= np.take(others, self.labels, mode="clip")
         self.E, Ec = E.copy(), E - E.mean(axis=0)                   # half of each code's gap, rounded down:
-        e2 = np.einsum("km,km->k", Ec, Ec)                          # nearer than that, no other code is
+        e2 = _row_sq(Ec)                                            # nearer than that, no other code is
         D2 = e2[:, None] + e2[None, :] - 2.0 * (Ec @ Ec.T) - 2.0 * ASSIGN_TIE_RTOL * (e2[:, None] + e2.max())
         np.fill_diagonal(D2, np.inf)
         half_gaps = 0.5 * np.sqrt(np.maximum(D2.min(axis=1), 0.0))  # (K,), inf when K = 1
-        for s in range(0, Z.shape[0], LLOYD_BLOCK_ROWS):
-            blk = slice(s, s + LLOYD_BLOCK_ROWS)
-            bound = np.maximum(lower[blk], np.take(half_gaps, labels[blk]))
-            rows = s + np.flatnonzero(upper[blk] >= bound)
-            Zr = np.take(Z, rows, axis=0)                           # (r, m), gathered once
-            upper[rows] = np.sqrt(_dist2(Zr, E, np.take(labels, rows)))  # tightened to the exact distance
-            keep = upper[rows] >= bound[rows - s]
-            rows, Zr, second = rows[keep], Zr[keep], np.empty(np.count_nonzero(keep))
-            if rows.size:
-                labels[rows] = _assign(Zr, E, second)
-                upper[rows] = np.sqrt(_dist2(Zr, E, np.take(labels, rows)))
-                lower[rows] = np.sqrt(np.maximum(second, 0.0))
-        return labels.copy()
+        bound = np.maximum(self.lower, np.take(half_gaps, self.labels, mode="clip"))
+        rows = np.flatnonzero(self.upper >= bound)                  # not certified
+        Zr, old = np.take(self.Z, rows, axis=0), np.take(self.labels, rows)
+        self.upper[rows] = np.sqrt(_dist2(Zr, E, old))              # tightened to the exact distance
+        keep = self.upper[rows] >= bound[rows]
+        rows, Zr, old, second = rows[keep], Zr[keep], old[keep], np.empty(np.count_nonzero(keep))
+        new = _assign(Zr, E, second)                                # re-assigned
+        R = Zr - np.take(E, new, axis=0, mode="clip")               # (r, m) residual to the new codeword
+        self.upper[rows], self.lower[rows] = np.sqrt(_row_sq(R)), np.sqrt(np.maximum(second, 0.0))
+        moved = np.flatnonzero(new != old)                          # the cells' statistics follow
+        R_old = np.take(Zr, moved, axis=0) - np.take(E, old[moved], axis=0)
+        self.sums += _cell_sums(np.take(R, moved, axis=0), new[moved], K) - _cell_sums(R_old, old[moved], K)
+        self.counts += np.bincount(new[moved], minlength=K) - np.bincount(old[moved], minlength=K)
+        self.labels[rows] = new
+        return moved.size
 
 # ------------------------------------------- training step (= forward + backward)
 def minibatches(N, batch, seed=0):
@@ -736,8 +737,7 @@ def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
     x2 = np.vdot(Xb, Xb)
     rec = (x2 - 2.0 * np.vdot(Q, Z) + np.vdot(QM, Q)) / B           # eq. 4'
     if rec < 1e-4 * x2 / B:                                         # (4') lost digits: explicit
-        Rx = Xb - Q @ W.T
-        rec = np.vdot(Rx, Rx) / B
+        rec = np.sum(np.square(Xb - Q @ W.T)) / B
     dQ = (2.0 / B) * (QM - Z)                                       # eq. 9'
     dZ = (dQ if estimator == "ste" else _rotation_backward(dQ, Z, Q)) + (2.0 * beta / B) * Rz
     dW = Xb.T @ (dZ - (2.0 / B) * Q) + W @ ((2.0 / B) * (Q.T @ Q))  # eqs. 8', 13
@@ -775,9 +775,9 @@ def _demo_args(argv):
     for flag, typ, default, what in (
             ("K", int, 32, "codebook size"), ("m", int, 4, "latent dimension"), ("D", int, 64, "data dimension"),
             ("n", int, 20000, "rows, 20%% held out"), ("steps", int, 300, "steps of the study's protocol"),
-            ("batch", int, 1024, "batch size"), ("lrW", float, 0.08, "encoder learning rate"), ("lrE", float, 0.2,
-             "codebook learning rate of the study's protocol"), ("beta", float, 0.25, "commitment weight"),
-            ("alpha", float, 1.0, "codebook weight"), ("seed", int, 0, "random seed")):
+            ("batch", int, 1024, "batch size"), ("lrW", float, 0.08, "encoder learning rate"), ("seed", int, 0,
+             "random seed"), ("lrE", float, 0.2, "codebook learning rate of the study's protocol"),
+            ("beta", float, 0.25, "commitment weight"), ("alpha", float, 1.0, "codebook weight")):
         p.add_argument(f"--{flag}", type=typ, default=default, help=f"{what} (default {default})")
     return p, p.parse_args(argv)
 

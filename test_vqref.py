@@ -338,7 +338,7 @@ def test_assign_distance_outputs_are_exact_and_bound_the_second_nearest():
     Z, E = rng.standard_normal((700, 4)) + 50.0, rng.standard_normal((13, 4)) + 50.0
     second = np.empty(700)
     k = vqref._assign(Z, E, second)
-    d2 = vqref._dist2(Z, E, k)
+    d2 = ((Z - E[k]) ** 2).sum(1)
     D2 = ((Z[:, None, :] - E[None]) ** 2).sum(-1)
     np.testing.assert_allclose(d2, D2[np.arange(700), k], rtol=REPORT_RTOL)
     D2[np.arange(700), k] = np.inf
@@ -521,6 +521,17 @@ def test_stiefel_gradient_is_tangent_and_the_retraction_orthonormal():
     W2 = vqref.stiefel_step(W, rng.standard_normal((10, 3)), 0.5)
     np.testing.assert_allclose(W2.T @ W2, np.eye(3), atol=EXACT_TOL)
     np.testing.assert_allclose(vqref.stiefel_step(W, -G, 1e-4), W + 1e-4 * G, atol=1e-7)  # first order
+
+
+@pytest.mark.parametrize("D,m", [(10, 3), (64, 4), (512, 64)])
+def test_cholesky_qr_of_a_step_equals_the_qr_retraction(D, m):
+    """The fast step's retraction (machinery) against eq. 17, for steps from small to ten times W."""
+    rng = np.random.default_rng(D)
+    W = vqref.qr_retraction(rng.standard_normal((D, m)))
+    for lr in (1e-3, 0.1, 1.0, 10.0):
+        Y = W - lr * vqref.stiefel_project(W, rng.standard_normal((D, m)))
+        np.testing.assert_allclose(vqref._cholesky_qr(Y), vqref.qr_retraction(Y), rtol=0, atol=EXACT_TOL)
+    assert np.all(np.isnan(vqref._cholesky_qr(np.full((D, m), np.nan))))   # passes NaN on to the check
 
 
 @pytest.mark.parametrize("lr", [-0.1, np.nan, "0.1"])

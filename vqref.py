@@ -10,11 +10,10 @@ The model, for data rows ``x`` (D,) with mean ``mu``::
     k = argmin_j ||z - e_j||^2  nearest codeword of the codebook E (K, m)
     x_hat = mu + e_k W^T        decoder, tied to the encoder
 
-fitted by PCA + Lloyd-Max (k-means) [5], or by gradient descent through the
-straight-through estimator (STE) [1, 2] or the rotation trick [3], checked against
-finite differences. Read it beside the README's "Derivation": each backward line
-cites its equation. Below the "Machinery" line is only what makes it fast or safe.
-Needs NumPy only. Demo: ``python vqref.py`` (``--help`` for its flags).
+fitted by PCA + Lloyd-Max (k-means) [5], or by gradient descent through the straight-through
+estimator (STE) [1, 2] or the rotation trick [3], checked against finite differences. Read it
+beside the README's "Derivation": each backward line cites its equation. Below the "Machinery"
+line is only what makes it fast or safe. Needs NumPy only. Demo: ``python vqref.py`` (``--help``).
 
 Vocabulary: a *code* is an index ``k``, its *codeword* the row ``E[k]``, its *cell*
 the rows with that code; the *distortion* is the mean of ``||z - e_k||^2``.
@@ -384,7 +383,7 @@ def lloyd_max(Z, K, *, init=None, max_iter=1000, tol=0.0, seed=0):
         E[full] += cells.sums[full] / cells.counts[full, None]      # to the mean of the cell
         empty = np.flatnonzero(~full)
         if empty.size:
-            far = np.argsort(-_dist2(Z, E, cells.labels), kind="stable")[:empty.size]
+            far = np.argsort(-_row_sq(Z - E[cells.labels]), kind="stable")[:empty.size]
             E[empty] = Z[far]
             reseeded += empty.size
         converged = cells.update(E) == 0                            # a re-seeded row always changes code,
@@ -445,7 +444,6 @@ def main(argv=None):
 # =============================================================================
 
 SAFE_MIN, SAFE_MAX = 1e-100, 1e100  # largest |entry| accepted (or 0): squared distances neither under- nor overflow
-MAX_STEPS = 10 ** 7
 ASSIGN_CHUNK_ELEMENTS = 1 << 16  # entries of one (rows, K) score block of _assign
 ASSIGN_TIE_RTOL = 1e-12          # relative rounding bound of the expanded distance form
 
@@ -479,9 +477,8 @@ def _check_int(value, name, low, high=None):
 def _check_real(value, name, *, positive=False):
     _require(isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)),
              f"{name} must be a real number, got {value!r}")
-    _require(np.isfinite(value) and value >= 0 and not (positive and value == 0),
-             f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value}")
-    return float(value)
+    return _require(np.isfinite(value) and value >= 0 and not (positive and value == 0),
+                    f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value}") or float(value)
 
 
 def _require(ok, message, error=ValueError):
@@ -541,7 +538,7 @@ def _check_train(X, a):
     (N, D), s = X.shape, {k: a[k] for k in ("estimator", "K", "m", "steps", "lrW", "lrE", "beta", "alpha",
                                             "batch", "seed", "tol", "window")}
     _check_estimator(s["estimator"])
-    for name, low, high in (("K", 1, N), ("m", 1, D), ("steps", 0, MAX_STEPS), ("batch", 1, None),
+    for name, low, high in (("K", 1, N), ("m", 1, D), ("steps", 0, 10 ** 7), ("batch", 1, None),
                             ("seed", 0, None), ("window", 1, None), ("eval_every", 1, None)):
         _check_int(a[name], name, low, high)
     for name in ("lrW", "lrE", "beta", "alpha") + ("tol",) * (a["tol"] is not None):
@@ -610,11 +607,6 @@ def check_point(X, m, K, *, seed=0, margin=1e-4):
 def _row_sq(A):
     """Squared norm of each row of ``A`` (n, m): a product with ones, fast for short rows."""
     return np.square(A) @ np.ones(A.shape[1])
-
-
-def _dist2(Z, E, k):
-    """Squared distance of each row of ``Z`` (n, m) to its codeword ``E[k]`` (n,)."""
-    return _row_sq(Z - np.take(E, k, axis=0, mode="clip"))
 
 
 def _entropy(counts):
@@ -698,7 +690,7 @@ class _LloydCells:
         bound = np.maximum(self.lower, np.take(half_gaps, self.labels, mode="clip"))
         rows = np.flatnonzero(self.upper >= bound)                  # not certified
         Zr, old = np.take(self.Z, rows, axis=0), np.take(self.labels, rows)
-        self.upper[rows] = np.sqrt(_dist2(Zr, E, old))              # tightened to the exact distance
+        self.upper[rows] = np.sqrt(_row_sq(Zr - np.take(E, old, axis=0, mode="clip")))  # tightened: exact
         keep = self.upper[rows] >= bound[rows]
         rows, Zr, old, second = rows[keep], Zr[keep], old[keep], np.empty(np.count_nonzero(keep))
         new = _assign(Zr, E, second)                                # re-assigned
@@ -742,8 +734,16 @@ def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
     dZ = (dQ if estimator == "ste" else _rotation_backward(dQ, Z, Q)) + (2.0 * beta / B) * Rz
     dW = Xb.T @ (dZ - (2.0 / B) * Q) + W @ ((2.0 / B) * (Q.T @ Q))  # eqs. 8', 13
     dE = _cell_sums(Rz, k, E.shape[0]) * (-2.0 * alpha / B)
-    W = qr_retraction(W - lrW * stiefel_project(W, dW))            # eqs. 16-17
+    W = _cholesky_qr(W - lrW * stiefel_project(W, dW))             # eqs. 16-17; Y^T Y = I + lrW^2 xi^T xi
     return W, E - lrE * dE, rec + (alpha + beta) * np.vdot(Rz, Rz) / B, rec, k
+
+
+def _cholesky_qr(Y):
+    """:func:`qr_retraction` in fewer calls, ``Y R^-1`` with ``Y^T Y = R^T R``: a step's ``Y`` is well conditioned."""
+    try:
+        return np.linalg.solve(np.linalg.cholesky(Y.T @ Y), Y.T).T  # (D, m)
+    except np.linalg.LinAlgError:                                   # not positive definite: NaN in Y
+        return qr_retraction(Y)
 
 
 def _rotation_backward(G, Z, Q):

@@ -481,7 +481,7 @@ def _check_real(value, name, *, positive=False):
                     f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value}") or float(value)
 
 
-def _require(ok, message, error=ValueError):
+def _require(ok, message, error=ValueError):  # returns None, so "_require(ok, message) or value" is value
     if not ok:
         raise error(message)
 
@@ -775,9 +775,9 @@ def _demo_args(argv):
     for flag, typ, default, what in (
             ("K", int, 32, "codebook size"), ("m", int, 4, "latent dimension"), ("D", int, 64, "data dimension"),
             ("n", int, 20000, "rows, 20%% held out"), ("steps", int, 300, "steps of the study's protocol"),
-            ("batch", int, 1024, "batch size"), ("lrW", float, 0.08, "encoder learning rate"), ("seed", int, 0,
-             "random seed"), ("lrE", float, 0.2, "codebook learning rate of the study's protocol"),
-            ("beta", float, 0.25, "commitment weight"), ("alpha", float, 1.0, "codebook weight")):
+            ("batch", int, 1024, "batch size"), ("lrW", float, 0.08, "encoder learning rate"), ("lrE", float, 0.2,
+             "codebook learning rate of the study's protocol"), ("beta", float, 0.25, "commitment weight"),
+            ("alpha", float, 1.0, "codebook weight"), ("seed", int, 0, "random seed")):
         p.add_argument(f"--{flag}", type=typ, default=default, help=f"{what} (default {default})")
     return p, p.parse_args(argv)
 

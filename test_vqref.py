@@ -281,9 +281,10 @@ def test_rotation_uses_the_reflection_only_below_the_antiparallel_threshold():
 
 
 @pytest.mark.parametrize("case", ["regular", "antiparallel", "z = 0", "e = 0", "e = z"])
-def test_fast_rotation_backward_equals_the_plain_map_including_degenerate_rows(case):
+@pytest.mark.parametrize("m", [3, 32])                             # both layouts of the fast map
+def test_fast_rotation_backward_equals_the_plain_map_including_degenerate_rows(case, m):
     rng = np.random.default_rng(18)
-    Z, Q, G = rng.standard_normal((40, 3)), rng.standard_normal((40, 3)), rng.standard_normal((40, 3))
+    Z, Q, G = rng.standard_normal((40, m)), rng.standard_normal((40, m)), rng.standard_normal((40, m))
     if case == "antiparallel":
         Q[3] = -2.0 * Z[3]
     elif case == "z = 0":
@@ -629,6 +630,9 @@ def test_minibatches_cover_each_epoch_without_replacement():
     epoch = np.concatenate([next(it) for _ in range(3)])
     assert len(set(epoch.tolist())) == 9
     assert not np.array_equal(epoch, np.concatenate([next(it) for _ in range(3)]))
+    for N, batch in ((10, 11), (10, 0), (0, 1)):                    # no full batch: an error, not a hang
+        with pytest.raises(ValueError, match="^(batch|N) must be"):
+            next(vqref.minibatches(N, batch))
 
 
 def test_init_W_and_init_E_are_the_start(small_data):

@@ -553,8 +553,7 @@ def _check_train(X, a):
     return X, s
 
 
-def _check_lrW(lrW, top_variance):
-    """The encoder's step grows with the data's variance; past this bound training goes wrong."""
+def _check_lrW(lrW, top_variance):                                  # the step grows with the variance
     _require(lrW <= LRW_TIMES_VARIANCE_MAX / top_variance, f"lrW={lrW:g} is too large for data of this "
              f"scale (top variance {top_variance:.3g}): use lrW <= {LRW_TIMES_VARIANCE_MAX / top_variance:.3g}, "
              "or standardize X (README, \"Choosing learning rates\")")
@@ -697,8 +696,7 @@ class _LloydCells:
         R = Zr - np.take(E, new, axis=0, mode="clip")               # (r, m) residual to the new codeword
         self.upper[rows], self.lower[rows] = np.sqrt(_row_sq(R)), np.sqrt(np.maximum(second, 0.0))
         moved = np.flatnonzero(new != old)                          # the cells' statistics follow
-        R_old = np.take(Zr, moved, axis=0) - np.take(E, old[moved], axis=0)
-        self.sums += _cell_sums(np.take(R, moved, axis=0), new[moved], K) - _cell_sums(R_old, old[moved], K)
+        self.sums += _cell_sums(R[moved], new[moved], K) - _cell_sums(Zr[moved] - E[old[moved]], old[moved], K)
         self.counts += np.bincount(new[moved], minlength=K) - np.bincount(old[moved], minlength=K)
         self.labels[rows] = new
         return moved.size
@@ -707,9 +705,9 @@ class _LloydCells:
 def minibatches(N, batch, seed=0):
     """Endless batches of row indices, each epoch a fresh permutation of ``range(N)`` (train's order)."""
     rng = np.random.default_rng(np.random.SeedSequence(_check_int(seed, "seed", 0)).spawn(2)[1])
-    while True:
-        order = rng.permutation(N)
-        yield from (order[s:s + batch] for s in range(0, N - batch + 1, batch))
+    batch = _check_int(batch, "batch", 1, _check_int(N, "N", 1))
+    while True:                                                     # an epoch's permutation, in full batches
+        yield from rng.permutation(N)[:N // batch * batch].reshape(-1, batch)
 
 
 def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
@@ -747,17 +745,19 @@ def _cholesky_qr(Y):
 
 
 def _rotation_backward(G, Z, Q):
-    """``apply_rotation(G, rotation_factors(Z, Q), transpose=True)`` in the (m, B) layout (long rows)."""
-    Zt, Qt, Gt = Z.T.copy(), Q.T.copy(), G.T.copy()                 # (m, B)
-    nz, ne = np.sqrt(np.einsum("mb,mb->b", Zt, Zt)), np.sqrt(np.einsum("mb,mb->b", Qt, Qt))
+    """``apply_rotation(G, rotation_factors(Z, Q), transpose=True)`` along long rows: (m, B) for small m."""
+    T = Z.shape[1] < 16                                             # short rows: transpose to (m, B)
+    Zt, Qt, Gt = (Z.T.copy(), Q.T.copy(), G.T.copy()) if T else (Z, Q, G)
+    dot = lambda a, b: np.einsum("mb,mb->b", a, b) if T else np.einsum("bm,bm->b", a, b)[:, None]  # noqa: E731
+    nz, ne = np.sqrt(dot(Zt, Zt)), np.sqrt(dot(Qt, Qt))             # (1, B) or (B, 1)
     if nz.min() > 0 and ne.min() > 0:
         u, v = Zt / nz, Qt / ne
         w = u + v
-        ns = np.sqrt(np.einsum("mb,mb->b", w, w))
+        ns = np.sqrt(dot(w, w))
         if ns.min() >= ANTIPARALLEL_TOL:
             w /= ns
-            out = Gt - 2.0 * np.einsum("mb,mb->b", w, Gt) * w + 2.0 * np.einsum("mb,mb->b", v, Gt) * u
-            return (out * (ne / nz)).T
+            out = (Gt - 2.0 * dot(w, Gt) * w + 2.0 * dot(v, Gt) * u) * (ne / nz)
+            return out.T if T else out
     return apply_rotation(G, rotation_factors(Z, Q), transpose=True)
 
 

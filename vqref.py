@@ -749,7 +749,7 @@ def _rotation_backward(G, Z, Q):
     T = Z.shape[1] < 16                                             # short rows: transpose to (m, B)
     Zt, Qt, Gt = (Z.T.copy(), Q.T.copy(), G.T.copy()) if T else (Z, Q, G)
     dot = lambda a, b: np.einsum("mb,mb->b", a, b) if T else np.einsum("bm,bm->b", a, b)[:, None]  # noqa: E731
-    nz, ne = np.sqrt(dot(Zt, Zt)), np.sqrt(dot(Qt, Qt))             # (1, B) or (B, 1)
+    nz, ne = np.sqrt(dot(Zt, Zt)), np.sqrt(dot(Qt, Qt))             # (B,), or (B, 1) in the (B, m) layout
     if nz.min() > 0 and ne.min() > 0:
         u, v = Zt / nz, Qt / ne
         w = u + v

@@ -526,7 +526,7 @@ def test_stiefel_gradient_is_tangent_and_the_retraction_orthonormal():
 
 @pytest.mark.parametrize("D,m", [(10, 3), (64, 4), (512, 64)])
 def test_cholesky_qr_of_a_step_equals_the_qr_retraction(D, m):
-    """The fast step's retraction (machinery) against eq. 17, for steps from small to ten times W."""
+    """The fast step's retraction (machinery) against eq. 17, for learning rates from 1e-3 to 10."""
     rng = np.random.default_rng(D)
     W = vqref.qr_retraction(rng.standard_normal((D, m)))
     for lr in (1e-3, 0.1, 1.0, 10.0):

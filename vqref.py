@@ -729,9 +729,9 @@ def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
     if rec < 1e-4 * x2 / B:                                         # (4') lost digits: explicit
         rec = np.sum(np.square(Xb - Q @ W.T)) / B
     dQ = (2.0 / B) * (QM - Z)                                       # eq. 9'
-    dZ = (dQ if estimator == "ste" else _rotation_backward(dQ, Z, Q)) + (2.0 * beta / B) * Rz
+    dZ = (dQ if estimator == "ste" else _rotation_backward(dQ, Z, Q)) + (2.0 * beta / B) * Rz  # eqs. 10-12
     dW = Xb.T @ (dZ - (2.0 / B) * Q) + W @ ((2.0 / B) * (Q.T @ Q))  # eqs. 8', 13
-    dE = _cell_sums(Rz, k, E.shape[0]) * (-2.0 * alpha / B)
+    dE = _cell_sums(Rz, k, E.shape[0]) * (-2.0 * alpha / B)         # eq. 14
     W = _cholesky_qr(W - lrW * stiefel_project(W, dW))             # eqs. 16-17; Y^T Y = I + lrW^2 xi^T xi
     return W, E - lrE * dE, rec + (alpha + beta) * np.vdot(Rz, Rz) / B, rec, k
 

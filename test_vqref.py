@@ -423,9 +423,13 @@ def test_lloyd_cells_keep_codes_counts_sums_and_bounds_of_the_plain_computation(
         sums = np.array([(Z[k == j] - E[j]).sum(0) for j in range(20)])
         np.testing.assert_allclose(cells.sums, sums, rtol=0, atol=1e-9 * len(Z))
         D = np.sqrt(((Z[:, None, :] - E[None]) ** 2).sum(-1))
-        assert np.all(cells.upper >= D[np.arange(len(Z)), k] * (1 - 1e-12))
+        exact = D[np.arange(len(Z)), k]
+        assert np.all(cells.upper >= exact * (1 - 1e-12))
         D[np.arange(len(Z)), k] = np.inf
         assert np.all(cells.lower <= D.min(1) * (1 + 1e-12))
+        gaps = np.sqrt(((E[:, None] - E[None]) ** 2).sum(-1)) + np.diag(np.full(20, np.inf))
+        certified = cells.upper < np.maximum(cells.lower, 0.5 * gaps.min(1)[k])
+        assert np.all(certified | np.isclose(cells.upper, exact, rtol=1e-9, atol=0))  # else tightened: exact
         assert cells.distortion() == pytest.approx(brute_distortion(Z, E), rel=REPORT_RTOL)
 
 

@@ -689,9 +689,9 @@ class _LloydCells:
         bound = np.maximum(self.lower, np.take(half_gaps, self.labels, mode="clip"))
         rows = np.flatnonzero(self.upper >= bound)                  # not certified
         Zr, old = np.take(self.Z, rows, axis=0), np.take(self.labels, rows)
-        self.upper[rows] = np.sqrt(_row_sq(Zr - np.take(E, old, axis=0, mode="clip")))  # tightened: exact
-        keep = self.upper[rows] >= bound[rows]
-        rows, Zr, old, second = rows[keep], Zr[keep], old[keep], np.empty(np.count_nonzero(keep))
+        self.upper[rows] = u = np.sqrt(_row_sq(Zr - np.take(E, old, axis=0, mode="clip")))  # tightened: exact
+        keep = np.flatnonzero(u >= np.take(bound, rows))            # still not certified: indices, not masks
+        rows, Zr, old, second = np.take(rows, keep), np.take(Zr, keep, axis=0), np.take(old, keep), np.empty(keep.size)
         new = _assign(Zr, E, second)                                # re-assigned
         R = Zr - np.take(E, new, axis=0, mode="clip")               # (r, m) residual to the new codeword
         self.upper[rows], self.lower[rows] = np.sqrt(_row_sq(R)), np.sqrt(np.maximum(second, 0.0))

@@ -613,6 +613,19 @@ def test_training_history_is_exact_far_from_the_origin(small_data):
                                                     rel=REPORT_RTOL)
 
 
+def test_training_history_entropy_and_dead_codes_are_those_of_the_batch_codes(small_data):
+    """Step 0's entropy (train's p log p table) and dead codes equal those of the batch's codes."""
+    Xtr, _ = small_data
+    for K, batch in ((8, 128), (64, 100), (1, 32)):
+        init = vqref.train(Xtr, K=K, steps=0, batch=batch)
+        res = vqref.train(Xtr, K=K, steps=1, batch=batch)
+        idx = next(vqref.minibatches(len(Xtr), batch, 0))
+        counts = np.bincount(vqref.assign((Xtr[idx] - init.mean) @ init.W, init.E), minlength=K)
+        assert res.history["entropy"][0] == pytest.approx(vqref.usage_entropy(counts), rel=1e-14, abs=0.0)
+        assert res.history["dead_codes"][0] == np.sum(counts == 0) and (K < 64 or np.sum(counts == 0) > 0)
+    assert res.history["entropy"][0] == 0.0 and not np.signbit(res.history["entropy"][0])  # K = 1: +0.0
+
+
 def test_numerical_estimator_tracks_manual_ste(small_data):
     Xtr, _ = small_data
     a = vqref.train(Xtr[:, :6], estimator="ste", K=4, m=2, steps=15, batch=64)

@@ -323,14 +323,14 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     hist = {key: np.full(steps, np.nan) for key in keys[:5 if eval_X is None else 7]}
     hist["dead_codes"] = np.zeros(steps, dtype=np.int64)
     batches, t, eye = minibatches(X.shape[0], batch, seed), -1, np.eye(m)
+    plogp = np.arange(batch + 1) / batch * np.log(np.arange(batch + 1).clip(1) / batch)  # p log p at p = c / B
     for t in range(steps):
         idx = next(batches)
         W, E, loss, rec, k = _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha)
         _check_diverged(t, loss, W, E, lrW, lrE)
-        hist["loss"][t], hist["mse"][t] = loss, rec
-        counts = np.bincount(k, minlength=K)
-        hist["entropy"][t], hist["dead_codes"][t] = _entropy(counts), K - np.count_nonzero(counts)
-        hist["orth_error"][t] = np.linalg.norm(W.T @ W - eye)
+        hist["loss"][t], hist["mse"][t], hist["orth_error"][t] = loss, rec, np.linalg.norm(W.T @ W - eye)
+        counts = np.bincount(k, minlength=K)                        # entropy -sum p log p by table
+        hist["entropy"][t], hist["dead_codes"][t] = 0.0 - plogp[counts].sum(), K - np.count_nonzero(counts)
         stop = tol is not None and (t + 1) % window == 0 and levelled_off(hist["loss"][:t + 1], window, tol)
         if eval_X is not None and (t % eval_every == 0 or t == steps - 1 or stop):
             ev = evaluate(eval_X, TrainResult(mean, W, E))
@@ -560,8 +560,8 @@ def _check_lrW(lrW, top_variance):                                  # the step g
 
 
 def _check_diverged(t, loss, W, E, lrW, lrE):
-    _require(np.isfinite(loss) and np.isfinite(W.sum()) and np.abs(E).max() <= SAFE_MAX, f"training diverged "
-             f"at step {t}; lower the learning rates (lrW={lrW:g}, lrE={lrE:g})", FloatingPointError)
+    if not (np.isfinite(loss + W.sum()) and np.abs(E).max() <= SAFE_MAX):  # the message only when raised
+        raise FloatingPointError(f"training diverged at step {t}; lower the learning rates (lrW={lrW:g}, lrE={lrE:g})")
 
 
 def _check_step(h, W, E):

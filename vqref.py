@@ -322,11 +322,11 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     keys = ["loss", "mse", "entropy", "dead_codes", "orth_error", "eval_mse", "eval_entropy"]
     hist = {key: np.full(steps, np.nan) for key in keys[:5 if eval_X is None else 7]}
     hist["dead_codes"] = np.zeros(steps, dtype=np.int64)
-    batches, t, eye = minibatches(X.shape[0], batch, seed), -1, np.eye(m)
+    batches, t, eye, xsq = minibatches(X.shape[0], batch, seed), -1, np.eye(m), _row_sq(Xc)  # xsq: (N,)
     plogp = np.arange(batch + 1) / batch * np.log(np.arange(batch + 1).clip(1) / batch)  # p log p at p = c / B
     for t in range(steps):
         idx = next(batches)
-        W, E, loss, rec, k = _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha)
+        W, E, loss, rec, k = _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq)
         _check_diverged(t, loss, W, E, lrW, lrE)
         hist["loss"][t], hist["mse"][t], hist["orth_error"][t] = loss, rec, np.linalg.norm(W.T @ W - eye)
         counts = np.bincount(k, minlength=K)                        # entropy -sum p log p by table
@@ -710,10 +710,10 @@ def minibatches(N, batch, seed=0):
         yield from rng.permutation(N)[:N // batch * batch].reshape(-1, batch)
 
 
-def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
+def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq=None):
     """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal
     to rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``;
-    "numerical": STE by :func:`numerical_grads` (a slow check). Returns ``W, E, loss, rec, k``."""
+    "numerical": STE by :func:`numerical_grads`. ``xsq``: each row's ``||x||^2``. Returns ``W, E, loss, rec, k``."""
     if estimator == "numerical":
         rec, dist, cache = forward(Xc[idx], W, E)
         dW, dE = numerical_grads(Xc[idx], W, E, estimator="ste", beta=beta, alpha=alpha)
@@ -724,7 +724,7 @@ def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha):
     Q = np.take(E, k, axis=0)                                       # (B, m)
     Rz = Z - Q                                                      # (B, m)
     QM = Q @ (W.T @ W)                                              # (B, m)
-    x2 = np.vdot(Xb, Xb)
+    x2 = np.vdot(Xb, Xb) if xsq is None else np.take(xsq, idx).sum()  # ||Xb||^2 (vdot: 2 BLAS threads, slower)
     rec = (x2 - 2.0 * np.vdot(Q, Z) + np.vdot(QM, Q)) / B           # eq. 4'
     if rec < 1e-4 * x2 / B:                                         # (4') lost digits: explicit
         rec = np.sum(np.square(Xb - Q @ W.T)) / B

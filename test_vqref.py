@@ -314,11 +314,32 @@ def test_rotation_with_zero_vectors_is_defined():
 
 # ----------------------------------------------------------------- assign (eq. 2)
 
-def test_assign_equals_nearest_codeword_across_block_boundaries(monkeypatch):
+@pytest.mark.parametrize("K", [17, 100])                          # scores laid out (K, rows), (rows, K)
+def test_assign_equals_nearest_codeword_across_block_boundaries(monkeypatch, K):
     rng = np.random.default_rng(10)
-    Z, E = rng.standard_normal((1000, 3)), rng.standard_normal((17, 3))
-    monkeypatch.setattr(vqref, "ASSIGN_CHUNK_ELEMENTS", 17 * 33)    # blocks of 256 rows
+    Z, E = rng.standard_normal((1000, 3)), rng.standard_normal((K, 3))
+    monkeypatch.setattr(vqref, "ASSIGN_CHUNK_ELEMENTS", K * 33)     # blocks of 256 rows
     np.testing.assert_array_equal(vqref.assign(Z, E), vqref.nearest_codeword(Z, E))
+    np.testing.assert_array_equal(vqref._assign(Z, E, np.empty(1000)), vqref.nearest_codeword(Z, E))
+
+
+@pytest.mark.parametrize("K", [17, 100])
+def test_assign_decides_exact_and_near_ties_by_exact_distances_in_both_layouts(K):
+    """Duplicated codewords (exact ties) and codewords 1e-13 apart (ties within rounding): the lowest
+    index of the exact distances, as nearest_codeword, and a lower bound that still holds."""
+    rng = np.random.default_rng(12)
+    E = rng.standard_normal((K, 3)) + 7.0
+    E[K - 1], E[K - 2], E[3] = E[5], E[2] + 1e-13, E[2]             # 5 = K-1; 2 = 3, and K-2 a hair away
+    Z = np.vstack([E[[5, 2, K - 2]] + 1e-9 * rng.standard_normal((3, 3)), E[[5, 2, K - 2]],
+                   rng.standard_normal((300, 3)) + 7.0])
+    second = np.empty(len(Z))
+    k = vqref._assign(Z, E, second)
+    np.testing.assert_array_equal(k, vqref.nearest_codeword(Z, E))
+    np.testing.assert_array_equal(vqref.assign(Z, E), k)
+    np.testing.assert_array_equal(k[3:6], [5, 2, K - 2])                 # exact ties: the lowest index
+    D2 = ((Z[:, None, :] - E[None]) ** 2).sum(-1)
+    D2[np.arange(len(Z)), k] = np.inf
+    assert np.all(second <= D2.min(1))
 
 
 def test_assign_sends_ties_to_the_lowest_index():
@@ -336,9 +357,10 @@ def test_assign_is_exact_far_from_the_origin():
     assert np.mean(k == vqref.nearest_codeword(Z0, E0)) > 0.98
 
 
-def test_assign_distance_outputs_are_exact_and_bound_the_second_nearest():
+@pytest.mark.parametrize("K", [13, 90])
+def test_assign_distance_outputs_are_exact_and_bound_the_second_nearest(K):
     rng = np.random.default_rng(16)
-    Z, E = rng.standard_normal((700, 4)) + 50.0, rng.standard_normal((13, 4)) + 50.0
+    Z, E = rng.standard_normal((700, 4)) + 50.0, rng.standard_normal((K, 4)) + 50.0
     second = np.empty(700)
     k = vqref._assign(Z, E, second)
     d2 = ((Z - E[k]) ** 2).sum(1)

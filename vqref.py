@@ -177,8 +177,7 @@ def loss_and_grads(X, W, E, *, estimator="ste", beta=0.25, alpha=1.0):
     """Loss (4) and gradients (7-14) on centred rows ``X`` (B, D) for ``W`` (D, m), orthonormal
     or not, and ``E`` (K, m): ``(loss, dW (D, m), dE (K, m))``. ``estimator``: "ste" or
     "rotation"; ``beta`` pulls ``z`` to its codeword, ``alpha`` the codeword to ``z``."""
-    X, W, E = _check_XWE(X, W, E)
-    _check_estimator(estimator, ("ste", "rotation"))
+    X, W, E = _check_XWE(X, W, E, estimator)
     beta, alpha = _check_real(beta, "beta"), _check_real(alpha, "alpha")
     rec, dist, cache = forward(X, W, E)
     return (rec + (alpha + beta) * dist, *backward(cache, estimator, beta, alpha))
@@ -205,8 +204,7 @@ def frozen_surrogate(X, W, E, estimator="ste", beta=0.25, alpha=1.0):
 
 def numerical_grads(X, W, E, *, estimator="ste", beta=0.25, alpha=1.0, h=1e-6):
     """Central differences ``(L~(P + h) - L~(P - h)) / 2h`` of eq. 15: ``dW`` (D, m), ``dE`` (K, m)."""
-    X, W, E = _check_XWE(X, W, E)
-    _check_estimator(estimator, ("ste", "rotation"))
+    X, W, E = _check_XWE(X, W, E, estimator)
     L = frozen_surrogate(X, W, E, estimator, _check_real(beta, "beta"), _check_real(alpha, "alpha"))
     h = _check_step(_check_real(h, "h", positive=True), W, E)
     dW, dE = np.empty_like(W), np.empty_like(E)
@@ -322,11 +320,12 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     keys = ["loss", "mse", "entropy", "dead_codes", "orth_error", "eval_mse", "eval_entropy"]
     hist = {key: np.full(steps, np.nan) for key in keys[:5 if eval_X is None else 7]}
     hist["dead_codes"] = np.zeros(steps, dtype=np.int64)
-    batches, t, eye, xsq = minibatches(X.shape[0], batch, seed), -1, np.eye(m), _row_sq(Xc)  # xsq: (N,)
+    batches, t, eye = minibatches(X.shape[0], batch, seed), -1, np.eye(m)
+    xsq, xb = np.einsum("nd,nd->n", Xc, Xc), np.empty((batch, Xc.shape[1]))  # rows' ||x||^2 (N,), batch buffer
     plogp = np.arange(batch + 1) / batch * np.log(np.arange(batch + 1).clip(1) / batch)  # p log p at p = c / B
     for t in range(steps):
         idx = next(batches)
-        W, E, loss, rec, k = _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq)
+        W, E, loss, rec, k = _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq, xb)
         _check_diverged(t, loss, W, E, lrW, lrE)
         hist["loss"][t], hist["mse"][t], hist["orth_error"][t] = loss, rec, np.linalg.norm(W.T @ W - eye)
         counts = np.bincount(k, minlength=K)                        # entropy -sum p log p by table
@@ -345,8 +344,10 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
 
 # ------------------------------------------------------------------------ metrics
 def usage_entropy(counts):
-    """Entropy in nats of the code usage given by non-negative ``counts`` (K,)."""
-    return _entropy(_check_counts(counts))
+    """Entropy in nats of the code usage given by non-negative ``counts`` (K,): ``-sum p log p``."""
+    counts = _check_counts(counts)
+    p = counts[counts > 0] / counts.sum()                           # (used codes,) shares of the rows
+    return float(-np.sum(p * np.log(p)) + 0.0)                      # + 0.0: no -0.0 for a single code
 
 
 def evaluate(X, model):
@@ -490,9 +491,10 @@ def _check_estimator(estimator, allowed=ESTIMATORS):
     _require(estimator in allowed, f"estimator must be one of {allowed}, got {estimator!r}")
 
 
-def _check_XWE(X, W, E):
+def _check_XWE(X, W, E, estimator):
     X, W = _as_matrix(X, "X"), _as_matrix(W, "W")
     _require(W.shape[0] == X.shape[1], f"W must have shape (D, m) = ({X.shape[1]}, m), got {W.shape}")
+    _check_estimator(estimator, ("ste", "rotation"))
     return X, W, _as_matrix(E, "E", cols=W.shape[1])
 
 
@@ -602,15 +604,10 @@ def check_point(X, m, K, *, seed=0, margin=1e-4):
     raise ValueError(f"no check point with margin={margin} found; use fewer rows or a smaller margin")
 
 
-# ------------------------------------------------------------- small kernels
+# ----------------------------------------- row norms, cell sums, assignment (= nearest_codeword)
 def _row_sq(A):
     """Squared norm of each row of ``A`` (n, m): a product with ones, fast for short rows."""
     return np.square(A) @ np.ones(A.shape[1])
-
-
-def _entropy(counts):
-    p = counts[counts > 0] / counts.sum()
-    return float(-np.sum(p * np.log(p)) + 0.0)
 
 
 def _cell_sums(R, labels, K):
@@ -619,38 +616,41 @@ def _cell_sums(R, labels, K):
     return np.bincount(flat, weights=R.ravel(), minlength=K * R.shape[1]).reshape(K, R.shape[1])
 
 
-# ---------------------------------------------------- assignment (= nearest_codeword)
 def _assign(Z, E, out_second=None):
-    """:func:`nearest_codeword` in blocks, unvalidated: scores ``z.e - ||e||^2/2`` about the codebook
-    mean in one product; rows whose two best scores lie within the rounding bound ``ASSIGN_TIE_RTOL``
-    are decided by exact distances. ``out_second``: a lower bound on ``||z - e||^2`` to other codes."""
-    (N, m), K = Z.shape, E.shape[0]
-    c, A = E.sum(axis=0) / K, np.empty((m + 1, K))                 # A = [e; -||e||^2 / 2], about c
-    A[:m] = (E - c).T
-    A[m] = -0.5 * np.einsum("mk,mk->k", A[:m], A[:m])
-    e2max, step = -2.0 * A[m].min(), max(256, ASSIGN_CHUNK_ELEMENTS // K)
-    Za, Gbuf, k = np.ones((min(step, N), m + 1)), np.empty((min(step, N), K)), np.empty(N, dtype=np.int64)
+    """:func:`nearest_codeword` in blocks, unvalidated: scores ``z.e - ||e||^2/2`` about the codebook mean in
+    one product, (K, rows) for K <= 64, else (rows, K), so reductions run along long rows; rows whose two best
+    scores lie within ``ASSIGN_TIE_RTOL`` go to exact distances. ``out_second``: lower bounds on other codes'."""
+    (N, m), K, c = Z.shape, E.shape[0], E.mean(axis=0)              # c (m,): the codebook mean
+    A = np.column_stack([E - c, -0.5 * _row_sq(E - c)])             # (K, m + 1) = [e, -||e||^2 / 2], about c
+    e2max, step, ax = -2.0 * A[:, m].min(), max(256, ASSIGN_CHUNK_ELEMENTS // K), int(K > 64)
+    Zt, k, codes = np.ones((m + 1, min(step, N))), np.empty(N, dtype=np.int64), np.arange(K + 0.0)
     for s in range(0, N, step):
         b = min(step, N - s)
-        Zc = np.subtract(Z[s:s + b], c, out=Za[:b, :m])             # (b, m)
-        G = np.matmul(Za[:b], A, out=Gbuf[:b])                      # (b, K) scores
-        at, kb = np.arange(0, b * K, K), np.argmax(G, axis=1)        # (b,) row starts, best codes
-        best, z2 = np.take(G, at + kb), _row_sq(Zc)
+        Zc = np.subtract(Z[s:s + b].T, c[:, None], out=Zt[:m, :b])  # (m, b)
+        z2 = np.ones(m) @ np.square(Zc)                             # (b,)
         slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # rounding bound of a score
-        if out_second is None:                                      # only which rows are near-ties
-            near = G >= (best - slack)[:, None]
-            close = np.flatnonzero(near.sum(axis=1) > 1) if np.count_nonzero(near) > b else kb[:0]
-        else:
-            G.ravel()[at + kb] = -np.inf
-            second = np.take(G, at + np.argmax(G, axis=1))          # (b,) second-best score
+        if ax:                                                      # scores (b, K): argmax along each row
+            G, rows = Zt[:, :b].T @ A.T, np.arange(0, b * K, K)
+            kb = np.argmax(G, axis=1)
+            best = np.take(G, rows + kb)                            # (b,) best score
+            G.ravel()[rows + kb] = -np.inf
+            second = np.take(G, rows + np.argmax(G, axis=1))        # (b,) second-best score
             close = np.flatnonzero(best - second <= slack)
+        else:                                                       # few codes, scores (K, b): whole-row max
+            G = A @ Zt[:, :b]
+            best = G.max(axis=0)                                    # (b,) best score
+            near = G >= best - slack                                # (K, b) the best, and any within slack
+            kb = np.minimum(codes @ near, K - 1).astype(np.int64)   # the best's code where it is alone
+            close = np.flatnonzero(near.sum(axis=0) > 1) if np.count_nonzero(near) > b else kb[:0]
+            if out_second is not None:
+                G.ravel()[kb * b + np.arange(b)] = -np.inf
+                second = G.max(axis=0)                              # (b,) second-best score
         if close.size:                                              # near-ties: exact distances
             diff = np.take(Z, s + close, axis=0)[:, None, :] - E[None]   # (r, K, m)
             kb[close] = np.argmin(np.einsum("rkm,rkm->rk", diff, diff), axis=1)
-            if out_second is not None:
-                second[close] = best[close]
         k[s:s + b] = kb
-        if out_second is not None:
+        if out_second is not None:                                  # at a near-tie, the second is the best
+            second[close] = best[close]
             out_second[s:s + b] = z2 - 2.0 * (second + slack)      # ||z - e||^2 lowered by the bound
     return k
 
@@ -710,15 +710,15 @@ def minibatches(N, batch, seed=0):
         yield from rng.permutation(N)[:N // batch * batch].reshape(-1, batch)
 
 
-def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq=None):
-    """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal
-    to rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``;
-    "numerical": STE by :func:`numerical_grads`. ``xsq``: each row's ``||x||^2``. Returns ``W, E, loss, rec, k``."""
+def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq=None, xb=None):
+    """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal to
+    rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``; "numerical": STE
+    by :func:`numerical_grads`. ``xsq``: rows' ``||x||^2``; ``xb``: a (B, D) buffer. Returns ``W, E, loss, rec, k``."""
     if estimator == "numerical":
         rec, dist, cache = forward(Xc[idx], W, E)
         dW, dE = numerical_grads(Xc[idx], W, E, estimator="ste", beta=beta, alpha=alpha)
         return stiefel_step(W, dW, lrW), E - lrE * dE, rec + (alpha + beta) * dist, rec, cache["k"]
-    Xb, B = np.take(Xc, idx, axis=0), len(idx)                      # (B, D)
+    Xb, B = np.take(Xc, idx, axis=0, out=xb, mode="clip" if xb is not None else "raise"), len(idx)  # (B, D)
     Z = Xb @ W                                                      # (B, m)
     k = _assign(Z, E)
     Q = np.take(E, k, axis=0)                                       # (B, m)

@@ -623,7 +623,7 @@ def _assign(Z, E, out_second=None):
     (N, m), K, c = Z.shape, E.shape[0], E.mean(axis=0)              # c (m,): the codebook mean
     A = np.column_stack([E - c, -0.5 * _row_sq(E - c)])             # (K, m + 1) = [e, -||e||^2 / 2], about c
     e2max, step, ax = -2.0 * A[:, m].min(), max(256, ASSIGN_CHUNK_ELEMENTS // K), int(K > 64)
-    Zt, k, codes = np.ones((m + 1, min(step, N))), np.empty(N, dtype=np.int64), np.arange(K + 0.0)
+    Zt, k, codes = np.ones((m + 1, min(step, N))), np.empty(N, dtype=np.int64), np.arange(min(K, 64), dtype=np.uint8)
     for s in range(0, N, step):
         b = min(step, N - s)
         Zc = np.subtract(Z[s:s + b].T, c[:, None], out=Zt[:m, :b])  # (m, b)
@@ -636,11 +636,11 @@ def _assign(Z, E, out_second=None):
             G.ravel()[rows + kb] = -np.inf
             second = np.take(G, rows + np.argmax(G, axis=1))        # (b,) second-best score
             close = np.flatnonzero(best - second <= slack)
-        else:                                                       # few codes, scores (K, b): whole-row max
+        else:                                                       # K <= 64, scores (K, b): whole-row passes
             G = A @ Zt[:, :b]
             best = G.max(axis=0)                                    # (b,) best score
-            near = G >= best - slack                                # (K, b) the best, and any within slack
-            kb = np.minimum(codes @ near, K - 1).astype(np.int64)   # the best's code where it is alone
+            near = (G >= best - slack).view(np.uint8)               # (K, b): 1 at the best and any within slack
+            kb = np.minimum(np.einsum("kb,k->b", near, codes), K - 1).astype(np.int64)  # its code, if alone
             close = np.flatnonzero(near.sum(axis=0) > 1) if np.count_nonzero(near) > b else kb[:0]
             if out_second is not None:
                 G.ravel()[kb * b + np.arange(b)] = -np.inf

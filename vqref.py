@@ -611,17 +611,16 @@ def _row_sq(A):
 
 
 def _cell_sums(R, labels, K):
-    """Sum of the rows of ``R`` (N, m) in each cell (K, m): ``np.add.at(S, labels, R)``, by bincount."""
-    flat = (labels[:, None] * R.shape[1] + np.arange(R.shape[1])).ravel()  # (N * m,) index of (cell, column)
-    return np.bincount(flat, weights=R.ravel(), minlength=K * R.shape[1]).reshape(K, R.shape[1])
+    """Sum of the rows of ``R`` (N, m) in each cell (K, m): ``np.add.at(S, labels, R)``, a bincount per column."""
+    return np.stack([np.bincount(labels, weights=column, minlength=K) for column in R.T], axis=1)
 
 
 def _assign(Z, E, out_second=None):
     """:func:`nearest_codeword` in blocks, unvalidated: scores ``z.e - ||e||^2/2`` about the codebook mean in
     one product, (K, rows) for K <= 64, else (rows, K), so reductions run along long rows; rows whose two best
     scores lie within ``ASSIGN_TIE_RTOL`` go to exact distances. ``out_second``: lower bounds on other codes'."""
-    (N, m), K, c = Z.shape, E.shape[0], E.mean(axis=0)              # c (m,): the codebook mean
-    A = np.column_stack([E - c, -0.5 * _row_sq(E - c)])             # (K, m + 1) = [e, -||e||^2 / 2], about c
+    (N, m), K, c = Z.shape, E.shape[0], E.sum(axis=0) / E.shape[0]  # c (m,): the codebook mean
+    A = np.concatenate([E - c, -0.5 * _row_sq(E - c)[:, None]], axis=1)  # (K, m + 1) = [e, -||e||^2 / 2], about c
     e2max, step, ax = -2.0 * A[:, m].min(), max(256, ASSIGN_CHUNK_ELEMENTS // K), int(K > 64)
     Zt, k, codes = np.ones((m + 1, min(step, N))), np.empty(N, dtype=np.int64), np.arange(min(K, 64), dtype=np.uint8)
     for s in range(0, N, step):

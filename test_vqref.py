@@ -131,8 +131,8 @@ def test_fused_train_step_equals_forward_backward_and_stiefel_step(estimator):
     idx = np.arange(0, 200, 3)
     r, d, cache = vqref.forward(X[idx], W, E)
     dW, dE = vqref.backward(cache, estimator, 0.4, 1.2)
-    for xsq in (None, np.sum(X ** 2, axis=1)):                      # ||x||^2 by vdot, or given per row
-        W1, E1, loss, rec, k = vqref._train_step(X, idx, W, E, estimator, 0.05, 0.3, 0.4, 1.2, xsq)
+    for xsq, xb in ((None, None), (np.sum(X ** 2, axis=1), np.empty((len(idx), X.shape[1])))):  # train's way
+        W1, E1, loss, rec, k = vqref._train_step(X, idx, W, E, estimator, 0.05, 0.3, 0.4, 1.2, xsq, xb)
         np.testing.assert_allclose(W1, vqref.stiefel_step(W, dW, 0.05), rtol=0, atol=EXACT_TOL)
         np.testing.assert_allclose(E1, E - 0.3 * dE, rtol=0, atol=EXACT_TOL)
         assert loss == pytest.approx(r + 1.6 * d, rel=EXACT_TOL) and rec == pytest.approx(r, rel=EXACT_TOL)
@@ -791,7 +791,8 @@ def test_integer_and_float32_input_are_computed_in_float64():
 @pytest.mark.parametrize("X,msg", [
     (np.ones(5), "X must be 2-D"), (np.ones((0, 3)), "X must be 2-D and non-empty"),
     (np.array([[1.0, np.nan]]), "X contains NaN"), (np.array([[1.0, np.inf]]), "X contains NaN or inf"),
-    (np.array([["a", "b"]]), "X must be a real numeric"), (np.ones((2, 2)) * 1j, "X must be a real"), ([[1.0, 2.0], [3.0]], "X must be a rectangular"),
+    (np.array([["a", "b"]]), "X must be a real numeric"), (np.ones((2, 2)) * 1j, "X must be a real"),
+    ([[1.0, 2.0], [3.0]], "X must be a rectangular"),
 ])
 def test_bad_X_raises_naming_X(X, msg):
     with pytest.raises(ValueError, match=msg):

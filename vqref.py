@@ -616,9 +616,9 @@ def _cell_sums(R, labels, K):
 
 
 def _assign(Z, E, out_second=None):
-    """:func:`nearest_codeword` in blocks, unvalidated: scores ``z.e - ||e||^2/2`` about the codebook mean in
-    one product, (K, rows) for K <= 64, else (rows, K), so reductions run along long rows; rows whose two best
-    scores lie within ``ASSIGN_TIE_RTOL`` go to exact distances. ``out_second``: lower bounds on other codes'."""
+    """:func:`nearest_codeword` in blocks, unvalidated: scores ``z.e - ||e||^2/2`` about the codebook mean in one
+    product, (K, rows) for K <= 64, else (rows, K), so reductions run along long rows; near-ties (within
+    ``ASSIGN_TIE_RTOL``) go to exact distances. ``out_second`` (N,): lower bounds of ``||z - e||^2``, other codes."""
     (N, m), K, c = Z.shape, E.shape[0], E.sum(axis=0) / E.shape[0]  # c (m,): the codebook mean
     A = np.concatenate([E - c, -0.5 * _row_sq(E - c)[:, None]], axis=1)  # (K, m + 1) = [e, -||e||^2 / 2], about c
     e2max, step, ax = -2.0 * A[:, m].min(), max(256, ASSIGN_CHUNK_ELEMENTS // K), int(K > 64)

@@ -712,7 +712,8 @@ def minibatches(N, batch, seed=0):
 def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq=None, xb=None):
     """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal to
     rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``; "numerical": STE
-    by :func:`numerical_grads`. ``xsq``: rows' ``||x||^2``; ``xb``: a (B, D) buffer. Returns ``W, E, loss, rec, k``."""
+    by :func:`numerical_grads`. ``xsq``: rows' ``||x||^2``; ``xb``: a (B, D) buffer for the batch, filled with
+    ``mode="clip"`` (with ``out``, "raise" gathers into a temporary first). Returns ``W, E, loss, rec, k``."""
     if estimator == "numerical":
         rec, dist, cache = forward(Xc[idx], W, E)
         dW, dE = numerical_grads(Xc[idx], W, E, estimator="ste", beta=beta, alpha=alpha)

@@ -626,7 +626,7 @@ def _assign(Z, E, out_second=None):
     for s in range(0, N, step):
         b = min(step, N - s)
         Zc = np.subtract(Z[s:s + b].T, c[:, None], out=Zt[:m, :b])  # (m, b)
-        z2 = np.ones(m) @ np.square(Zc)                             # (b,)
+        z2 = _row_sq(Zc.T)                                          # (b,)
         slack = ASSIGN_TIE_RTOL * (z2 + e2max)                      # rounding bound of a score
         if ax:                                                      # scores (b, K): argmax along each row
             G, rows = Zt[:, :b].T @ A.T, np.arange(0, b * K, K)

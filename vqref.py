@@ -611,8 +611,9 @@ def _row_sq(A):
 
 
 def _cell_sums(R, labels, K):
-    """Sum of the rows of ``R`` (N, m) in each cell (K, m): ``np.add.at(S, labels, R)``, a bincount per column."""
-    return np.stack([np.bincount(labels, weights=column, minlength=K) for column in R.T], axis=1)
+    """Sum of the rows of ``R`` (N, m) in each cell (K, m): ``np.add.at(S, labels, R)``, a bincount per column
+    (fastest when ``R`` is the transpose of an (m, N) array)."""
+    return np.array([np.bincount(labels, weights=column, minlength=K) for column in R.T]).T
 
 
 def _assign(Z, E, out_second=None):
@@ -711,27 +712,28 @@ def minibatches(N, batch, seed=0):
 
 def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq=None, xb=None):
     """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal to
-    rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``; "numerical": STE
-    by :func:`numerical_grads`. ``xsq``: rows' ``||x||^2``; ``xb``: a (B, D) buffer for the batch, filled with
-    ``mode="clip"`` (with ``out``, "raise" gathers into a temporary first). Returns ``W, E, loss, rec, k``."""
+    rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``, one latent per
+    column (m, B); "numerical": STE by :func:`numerical_grads`. ``xsq``: rows' ``||x||^2``; ``xb``: a (B, D) buffer
+    for the batch, filled with ``mode="clip"`` (with ``out``, "raise" gathers into a temporary first). Returns
+    ``W, E, loss, rec, k``."""
     if estimator == "numerical":
         rec, dist, cache = forward(Xc[idx], W, E)
         dW, dE = numerical_grads(Xc[idx], W, E, estimator="ste", beta=beta, alpha=alpha)
         return stiefel_step(W, dW, lrW), E - lrE * dE, rec + (alpha + beta) * dist, rec, cache["k"]
     Xb, B = np.take(Xc, idx, axis=0, out=xb, mode="clip" if xb is not None else "raise"), len(idx)  # (B, D)
-    Z = Xb @ W                                                      # (B, m)
-    k = _assign(Z, E)
-    Q = np.take(E, k, axis=0)                                       # (B, m)
-    Rz = Z - Q                                                      # (B, m)
-    QM = Q @ (W.T @ W)                                              # (B, m)
+    Z = W.T @ Xb.T                                                  # (m, B): one latent per column
+    k = _assign(Z.T, E)
+    Q = np.take(E.T, k, axis=1)                                     # (m, B)
+    Rz = Z - Q                                                      # (m, B)
+    QM = (W.T @ W) @ Q                                              # (m, B)
     x2 = np.vdot(Xb, Xb) if xsq is None else np.take(xsq, idx).sum()  # ||Xb||^2 (vdot: 2 BLAS threads, slower)
     rec = (x2 - 2.0 * np.vdot(Q, Z) + np.vdot(QM, Q)) / B           # eq. 4'
     if rec < 1e-4 * x2 / B:                                         # (4') lost digits: explicit
-        rec = np.sum(np.square(Xb - Q @ W.T)) / B
+        rec = np.sum(np.square(Xb - Q.T @ W.T)) / B
     dQ = (2.0 / B) * (QM - Z)                                       # eq. 9'
     dZ = (dQ if estimator == "ste" else _rotation_backward(dQ, Z, Q)) + (2.0 * beta / B) * Rz  # eqs. 10-12
-    dW = Xb.T @ (dZ - (2.0 / B) * Q) + W @ ((2.0 / B) * (Q.T @ Q))  # eqs. 8', 13
-    dE = _cell_sums(Rz, k, E.shape[0]) * (-2.0 * alpha / B)         # eq. 14
+    dW = Xb.T @ (dZ - (2.0 / B) * Q).T + W @ ((2.0 / B) * (Q @ Q.T))  # eqs. 8', 13
+    dE = _cell_sums(Rz.T, k, E.shape[0]) * (-2.0 * alpha / B)       # eq. 14
     W = _cholesky_qr(W - lrW * stiefel_project(W, dW))             # eqs. 16-17; Y^T Y = I + lrW^2 xi^T xi
     return W, E - lrE * dE, rec + (alpha + beta) * np.vdot(Rz, Rz) / B, rec, k
 
@@ -745,20 +747,17 @@ def _cholesky_qr(Y):
 
 
 def _rotation_backward(G, Z, Q):
-    """``apply_rotation(G, rotation_factors(Z, Q), transpose=True)`` along long rows: (m, B) for small m."""
-    T = Z.shape[1] < 16                                             # short rows: transpose to (m, B)
-    Zt, Qt, Gt = (Z.T.copy(), Q.T.copy(), G.T.copy()) if T else (Z, Q, G)
-    dot = lambda a, b: np.einsum("mb,mb->b", a, b) if T else np.einsum("bm,bm->b", a, b)[:, None]  # noqa: E731
-    nz, ne = np.sqrt(dot(Zt, Zt)), np.sqrt(dot(Qt, Qt))             # (B,), or (B, 1) in the (B, m) layout
+    """``apply_rotation(G.T, rotation_factors(Z.T, Q.T), transpose=True).T`` with one sample per column (m, B)."""
+    dot = lambda a, b: np.einsum("mb,mb->b", a, b)                  # noqa: E731
+    nz, ne = np.sqrt(dot(Z, Z)), np.sqrt(dot(Q, Q))                 # (B,)
     if nz.min() > 0 and ne.min() > 0:
-        u, v = Zt / nz, Qt / ne
+        u, v = Z / nz, Q / ne
         w = u + v
         ns = np.sqrt(dot(w, w))
         if ns.min() >= ANTIPARALLEL_TOL:
             w /= ns
-            out = (Gt - 2.0 * dot(w, Gt) * w + 2.0 * dot(v, Gt) * u) * (ne / nz)
-            return out.T if T else out
-    return apply_rotation(G, rotation_factors(Z, Q), transpose=True)
+            return (G - 2.0 * dot(w, G) * w + 2.0 * dot(v, G) * u) * (ne / nz)
+    return apply_rotation(G.T, rotation_factors(Z.T, Q.T), transpose=True).T
 
 
 # --------------------------------------------------------------- demo plumbing

@@ -1,15 +1,16 @@
 """Benchmark vqref against a PyTorch autograd loop and scikit-learn's k-means.
 
-    python bench.py                   # everything, at 1 and at 2 threads (about 10 minutes)
+    python bench.py                   # everything, at 1 and at 2 threads (about 7 minutes)
     python bench.py --threads 1       # one thread count only
     python bench.py --quick           # tiny sizes: a smoke test (CI)
     python bench.py --json out.json   # also write the raw figures
 
-Each comparison runs both sides in one process, alternating, after a warm-up, and
-reports the median time of each and their ratio. Both sides use the same number of
-threads: it is fixed for NumPy's BLAS, OpenMP (scikit-learn) and PyTorch before any
-of them loads, so each thread count runs in its own process. A peer that is not
-installed is skipped with a message; vqref itself needs numpy only.
+Each comparison runs both sides in one process, alternating, after a warm-up, each run
+after a short pause (see race), and reports the median time of each and their ratio.
+Both sides use the same number of threads: it is fixed for NumPy's BLAS, OpenMP
+(scikit-learn) and PyTorch before any of them loads, so each thread count runs in its
+own process. A peer that is not installed is skipped with a message; vqref itself
+needs numpy only.
 
 Training is ``vqref.train`` itself against a PyTorch loop of the same arithmetic, from
 the same initial ``W`` and ``E`` (PCA + k-means++, computed once outside the timed
@@ -67,17 +68,28 @@ def optional(name, install):
         return None
 
 
+PAUSE = 0.3  # seconds of rest before each run: see race
+
+
 def race(a, b, repeats):
-    """Median seconds of a() and b(), run alternately after one warm-up each."""
-    a(), b()
+    """Median seconds of a() and b(), run alternately after one warm-up each.
+
+    Each run starts after a pause of PAUSE seconds. A BLAS or OpenMP library keeps its
+    idle worker threads spinning for a while after a threaded call, and without the pause
+    those threads of one side compete with the next run of the other: on 2 threads,
+    scikit-learn's k-means ran about 20% slower when it started right after vqref's
+    lloyd_max, about 8% slower 0.05 s after it, about 3% slower 0.2 s after it, and about
+    5% slower right after it when vqref's BLAS had been limited to one thread (README,
+    "Threads").
+    """
     ta, tb = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a()
-        ta.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        b()
-        tb.append(time.perf_counter() - t)
+    for i in range(repeats + 1):
+        for f, times in ((a, ta), (b, tb)):
+            time.sleep(PAUSE)
+            t = time.perf_counter()
+            f()
+            if i:                                      # run 0 is the warm-up
+                times.append(time.perf_counter() - t)
     return float(np.median(ta)), float(np.median(tb)), ta, tb
 
 

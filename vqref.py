@@ -677,10 +677,8 @@ class _LloydCells:
         """Move to the codebook ``E`` (K, m); returns how many rows changed code."""
         K, shift = E.shape[0], np.sqrt(_row_sq(E - self.E))         # (K,) how far each codeword moved
         self.sums -= self.counts[:, None] * (E - self.E)            # residual sums about the new codewords
-        top = np.argsort(-shift, kind="stable")[:2]                 # largest move of another code:
-        others = np.where(np.arange(K) == top[0], shift[top[-1]], shift[top[0]])
         self.upper += np.take(shift, self.labels, mode="clip")
-        self.lower -= np.take(others, self.labels, mode="clip")
+        self.lower -= shift.max()                                   # no code moved further (one number, no gather)
         self.E, Ec = E.copy(), E - E.mean(axis=0)                   # half of each code's gap, rounded down:
         e2 = _row_sq(Ec)                                            # nearer than that, no other code is
         D2 = e2[:, None] + e2[None, :] - 2.0 * (Ec @ Ec.T) - 2.0 * ASSIGN_TIE_RTOL * (e2[:, None] + e2.max())

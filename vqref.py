@@ -621,7 +621,8 @@ def _assign(Z, E, out_second=None):
     product, (K, rows) for K <= 64, else (rows, K), so reductions run along long rows; near-ties (within
     ``ASSIGN_TIE_RTOL``) go to exact distances. ``out_second`` (N,): lower bounds of ``||z - e||^2``, other codes."""
     (N, m), K, c = Z.shape, E.shape[0], E.sum(axis=0) / E.shape[0]  # c (m,): the codebook mean
-    A = np.concatenate([E - c, -0.5 * _row_sq(E - c)[:, None]], axis=1)  # (K, m + 1) = [e, -||e||^2 / 2], about c
+    Ec = E - c                                                      # (K, m) codewords about c
+    A = np.concatenate([Ec, -0.5 * _row_sq(Ec)[:, None]], axis=1)   # (K, m + 1) = [e, -||e||^2 / 2], about c
     e2max, step, ax = -2.0 * A[:, m].min(), max(256, ASSIGN_CHUNK_ELEMENTS // K), int(K > 64)
     Zt, k, codes = np.ones((m + 1, min(step, N))), np.empty(N, dtype=np.int64), np.arange(min(K, 64), dtype=np.uint8)
     for s in range(0, N, step):
@@ -675,8 +676,9 @@ class _LloydCells:
 
     def update(self, E):
         """Move to the codebook ``E`` (K, m); returns how many rows changed code."""
-        K, shift = E.shape[0], np.sqrt(_row_sq(E - self.E))         # (K,) how far each codeword moved
-        self.sums -= self.counts[:, None] * (E - self.E)            # residual sums about the new codewords
+        K, move = E.shape[0], E - self.E                            # (K, m) each codeword's move
+        shift = np.sqrt(_row_sq(move))                              # (K,) how far each codeword moved
+        self.sums -= self.counts[:, None] * move                    # residual sums about the new codewords
         self.upper += np.take(shift, self.labels, mode="clip")
         self.lower -= shift.max()                                   # no code moved further (one number, no gather)
         self.E, Ec = E.copy(), E - E.mean(axis=0)                   # half of each code's gap, rounded down:

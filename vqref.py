@@ -445,7 +445,7 @@ def main(argv=None):
 # =============================================================================
 
 SAFE_MIN, SAFE_MAX = 1e-100, 1e100  # largest |entry| accepted (or 0): squared distances neither under- nor overflow
-ASSIGN_CHUNK_ELEMENTS = 1 << 16  # entries of one (rows, K) score block of _assign
+ASSIGN_CHUNK_ELEMENTS = 1 << 17  # entries of one (rows, K) score block of _assign
 ASSIGN_TIE_RTOL = 1e-12          # relative rounding bound of the expanded distance form
 
 
@@ -470,9 +470,8 @@ def _as_matrix(A, name, *, cols=None):
 def _check_int(value, name, low, high=None):
     _require(isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)),
              f"{name} must be an integer, got {value!r}")
-    _require(low <= value <= (value if high is None else high),
-             f"{name} must be {f'>= {low}' if high is None else f'in [{low}, {high}]'}, got {value}")
-    return int(value)
+    return _require(low <= value <= (value if high is None else high), f"{name} must be "
+                    f"{f'>= {low}' if high is None else f'in [{low}, {high}]'}, got {value}") or int(value)
 
 
 def _check_real(value, name, *, positive=False):
@@ -494,8 +493,7 @@ def _check_estimator(estimator, allowed=ESTIMATORS):
 def _check_XWE(X, W, E, estimator):
     X, W = _as_matrix(X, "X"), _as_matrix(W, "W")
     _require(W.shape[0] == X.shape[1], f"W must have shape (D, m) = ({X.shape[1]}, m), got {W.shape}")
-    _check_estimator(estimator, ("ste", "rotation"))
-    return X, W, _as_matrix(E, "E", cols=W.shape[1])
+    return X, W, _check_estimator(estimator, ("ste", "rotation")) or _as_matrix(E, "E", cols=W.shape[1])
 
 
 def _check_model(model):
@@ -568,8 +566,7 @@ def _check_diverged(t, loss, W, E, lrW, lrE):
 
 def _check_step(h, W, E):
     top = max(np.abs(W).max(), np.abs(E).max())
-    _require(top + h != top, f"h={h:g} is below the rounding of the largest entry of W and E; use h near 1e-6")
-    return h
+    return _require(top + h != top, f"h={h:g} is below the rounding of max(|W|, |E|) = {top:.3g}; use h near 1e-6") or h
 
 
 def _check_lloyd(Z, K, init, seed):
@@ -611,8 +608,7 @@ def _row_sq(A):
 
 
 def _cell_sums(R, labels, K):
-    """Sum of the rows of ``R`` (N, m) in each cell (K, m): ``np.add.at(S, labels, R)``, a bincount per column
-    (fastest when ``R`` is the transpose of an (m, N) array)."""
+    """Sum of the rows of ``R`` (N, m) in each cell (K, m): ``np.add.at(S, labels, R)``, a bincount per column."""
     return np.array([np.bincount(labels, weights=column, minlength=K) for column in R.T]).T
 
 
@@ -657,47 +653,53 @@ def _assign(Z, E, out_second=None):
 
 # ------------------------------------------- Lloyd's cells and distance bounds (= assign)
 class _LloydCells:
-    """lloyd_max's state for a sequence of codebooks: codes ``labels`` (= assign(Z, E)) of the rows of ``Z``
-    (N, m), each cell's ``counts`` and ``sums`` (K, m) of ``z - e_k``, updated where codes change. Distance
-    bounds [7] spare re-assigning most rows: an upper bound on each row's distance to its codeword and a
-    lower bound on that to any other follow the codewords' moves (triangle inequality)."""
+    """lloyd_max's state for a sequence of codebooks: codes ``labels`` (= assign(Z, E)) of the rows of ``Z`` (N, m),
+    each cell's ``counts`` and ``sums`` (K, m) of ``z - e_k``, updated where codes change. Distance bounds [7] spare
+    re-assigning most rows: an upper bound on each row's distance to its codeword and a lower bound on that to any
+    other follow the codewords' moves (triangle inequality). Its gathers take ``mode="wrap"``: the indices are
+    valid, so the values are those of "raise", and it measured fastest."""
 
     def __init__(self, Z, E):
         K, second = E.shape[0], np.empty(Z.shape[0])
         self.Z, self.E, self.buf, self.labels = Z, E.copy(), np.empty_like(Z), _assign(Z, E, second)
-        R = Z - np.take(E, self.labels, axis=0, mode="clip")        # (N, m)
+        R = Z - np.take(E, self.labels, axis=0, mode="wrap")        # (N, m)
         self.upper, self.lower = np.sqrt(_row_sq(R)), np.sqrt(np.maximum(second, 0.0))
         self.counts, self.sums = np.bincount(self.labels, minlength=K), _cell_sums(R, self.labels, K)
 
     def distortion(self):
         """Mean ``||z - e_k||^2`` of the current codes, from explicit residuals."""
-        R = np.subtract(self.Z, np.take(self.E, self.labels, axis=0, out=self.buf, mode="clip"), out=self.buf)
+        R = np.subtract(self.Z, np.take(self.E, self.labels, axis=0, out=self.buf, mode="wrap"), out=self.buf)
         return float(np.vdot(R, R)) / R.shape[0]
+
+    def _dist(self, Z, codes):
+        """``||z - e_c||`` per row of ``Z`` (n, m) and code ``c``, in place: fresh (n, m) temporaries page-fault."""
+        R = np.take(self.E, codes, axis=0, mode="wrap")
+        return np.sqrt(np.square(np.subtract(Z, R, out=R), out=R) @ np.ones(Z.shape[1]))
 
     def update(self, E):
         """Move to the codebook ``E`` (K, m); returns how many rows changed code."""
         K, move = E.shape[0], E - self.E                            # (K, m) each codeword's move
         shift = np.sqrt(_row_sq(move))                              # (K,) how far each codeword moved
         self.sums -= self.counts[:, None] * move                    # residual sums about the new codewords
-        self.upper += np.take(shift, self.labels, mode="clip")
+        self.upper += np.take(shift, self.labels, mode="wrap")
         self.lower -= shift.max()                                   # no code moved further (one number, no gather)
         self.E, Ec = E.copy(), E - E.mean(axis=0)                   # half of each code's gap, rounded down:
         e2 = _row_sq(Ec)                                            # nearer than that, no other code is
         D2 = e2[:, None] + e2[None, :] - 2.0 * (Ec @ Ec.T) - 2.0 * ASSIGN_TIE_RTOL * (e2[:, None] + e2.max())
         np.fill_diagonal(D2, np.inf)
         half_gaps = 0.5 * np.sqrt(np.maximum(D2.min(axis=1), 0.0))  # (K,), inf when K = 1
-        bound = np.maximum(self.lower, np.take(half_gaps, self.labels, mode="clip"))
+        bound = np.maximum(self.lower, np.take(half_gaps, self.labels, mode="wrap"))
         rows = np.flatnonzero(self.upper >= bound)                  # not certified
-        Zr, old = np.take(self.Z, rows, axis=0), np.take(self.labels, rows)
-        self.upper[rows] = u = np.sqrt(_row_sq(Zr - np.take(E, old, axis=0, mode="clip")))  # tightened: exact
+        Zr, old = np.take(self.Z, rows, axis=0, mode="wrap"), np.take(self.labels, rows, mode="wrap")
+        self.upper[rows] = u = self._dist(Zr, old)                  # tightened: exact
         keep = np.flatnonzero(u >= np.take(bound, rows))            # still not certified: indices, not masks
         rows, Zr, old, second = np.take(rows, keep), np.take(Zr, keep, axis=0), np.take(old, keep), np.empty(keep.size)
         new = _assign(Zr, E, second)                                # re-assigned
-        R = Zr - np.take(E, new, axis=0, mode="clip")               # (r, m) residual to the new codeword
-        self.upper[rows], self.lower[rows] = np.sqrt(_row_sq(R)), np.sqrt(np.maximum(second, 0.0))
+        self.upper[rows], self.lower[rows] = self._dist(Zr, new), np.sqrt(np.maximum(second, 0.0))
         moved = np.flatnonzero(new != old)                          # the cells' statistics follow
-        self.sums += _cell_sums(R[moved], new[moved], K) - _cell_sums(Zr[moved] - E[old[moved]], old[moved], K)
-        self.counts += np.bincount(new[moved], minlength=K) - np.bincount(old[moved], minlength=K)
+        Zm, new_m, old_m = np.take(Zr, moved, axis=0), np.take(new, moved), np.take(old, moved)
+        self.sums += _cell_sums(Zm - E[new_m], new_m, K) - _cell_sums(Zm - E[old_m], old_m, K)
+        self.counts += np.bincount(new_m, minlength=K) - np.bincount(old_m, minlength=K)
         self.labels[rows] = new
         return moved.size
 
@@ -711,11 +713,10 @@ def minibatches(N, batch, seed=0):
 
 
 def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq=None, xb=None):
-    """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal to
-    rounding, tested) in the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``, one latent per
-    column (m, B); "numerical": STE by :func:`numerical_grads`. ``xsq``: rows' ``||x||^2``; ``xb``: a (B, D) buffer
-    for the batch, filled with ``mode="clip"`` (with ``out``, "raise" gathers into a temporary first). Returns
-    ``W, E, loss, rec, k``."""
+    """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal to rounding) in
+    the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``, one latent per column (m, B); "numerical":
+    STE by :func:`numerical_grads`. ``xsq``: rows' ``||x||^2``; ``xb``: a (B, D) buffer for the batch, filled with
+    ``mode="clip"`` (with ``out``, "raise" gathers via a temporary). Returns ``W, E, loss, rec, k``."""
     if estimator == "numerical":
         rec, dist, cache = forward(Xc[idx], W, E)
         dW, dE = numerical_grads(Xc[idx], W, E, estimator="ste", beta=beta, alpha=alpha)

@@ -1,6 +1,6 @@
 """Benchmark vqref against a PyTorch autograd loop and scikit-learn's k-means.
 
-    python bench.py                   # everything, at 1 and at 2 threads (about 7 minutes)
+    python bench.py                   # everything, at 1 and at 2 threads (about 6 minutes)
     python bench.py --threads 1       # one thread count only
     python bench.py --quick           # tiny sizes: a smoke test (CI)
     python bench.py --json out.json   # also write the raw figures

@@ -656,8 +656,8 @@ class _LloydCells:
     """lloyd_max's state for a sequence of codebooks: codes ``labels`` (= assign(Z, E)) of the rows of ``Z`` (N, m),
     each cell's ``counts`` and ``sums`` (K, m) of ``z - e_k``, updated where codes change. Distance bounds [7] spare
     re-assigning most rows: an upper bound on each row's distance to its codeword and a lower bound on that to any
-    other follow the codewords' moves (triangle inequality). Its gathers take ``mode="wrap"``: the indices are
-    valid, so the values are those of "raise", and it measured fastest."""
+    other follow the codewords' moves (triangle inequality). Its large gathers take ``mode="wrap"``: the indices
+    are valid, so the values are those of "raise", and it measured fastest."""
 
     def __init__(self, Z, E):
         K, second = E.shape[0], np.empty(Z.shape[0])

@@ -716,12 +716,12 @@ def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq=None, xb=No
     """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal to rounding) in
     the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``, one latent per column (m, B); "numerical":
     STE by :func:`numerical_grads`. ``xsq``: rows' ``||x||^2``; ``xb``: a (B, D) buffer for the batch, filled with
-    ``mode="clip"`` (with ``out``, "raise" gathers via a temporary). Returns ``W, E, loss, rec, k``."""
+    ``mode="wrap"`` (with ``out``, "raise" gathers via a temporary). Returns ``W, E, loss, rec, k``."""
     if estimator == "numerical":
         rec, dist, cache = forward(Xc[idx], W, E)
         dW, dE = numerical_grads(Xc[idx], W, E, estimator="ste", beta=beta, alpha=alpha)
         return stiefel_step(W, dW, lrW), E - lrE * dE, rec + (alpha + beta) * dist, rec, cache["k"]
-    Xb, B = np.take(Xc, idx, axis=0, out=xb, mode="clip" if xb is not None else "raise"), len(idx)  # (B, D)
+    Xb, B = np.take(Xc, idx, axis=0, out=xb, mode="wrap"), len(idx)  # (B, D); idx is valid, so "wrap" = "raise"
     Z = W.T @ Xb.T                                                  # (m, B): one latent per column
     k = _assign(Z.T, E)
     Q = np.take(E.T, k, axis=1)                                     # (m, B)

@@ -131,12 +131,12 @@ def test_fused_train_step_equals_forward_backward_and_stiefel_step(estimator):
     idx = np.arange(0, 200, 3)
     r, d, cache = vqref.forward(X[idx], W, E)
     dW, dE = vqref.backward(cache, estimator, 0.4, 1.2)
-    for xsq, xb in ((None, None), (np.sum(X ** 2, axis=1), np.empty((len(idx), X.shape[1])))):  # train's way
-        W1, E1, loss, rec, k = vqref._train_step(X, idx, W, E, estimator, 0.05, 0.3, 0.4, 1.2, xsq, xb)
-        np.testing.assert_allclose(W1, vqref.stiefel_step(W, dW, 0.05), rtol=0, atol=EXACT_TOL)
-        np.testing.assert_allclose(E1, E - 0.3 * dE, rtol=0, atol=EXACT_TOL)
-        assert loss == pytest.approx(r + 1.6 * d, rel=EXACT_TOL) and rec == pytest.approx(r, rel=EXACT_TOL)
-        np.testing.assert_array_equal(k, cache["k"])
+    xsq, xb = np.sum(X ** 2, axis=1), np.empty((len(idx), X.shape[1]))  # rows' norms and batch buffer, as train
+    W1, E1, loss, rec, k = vqref._train_step(X, idx, W, E, estimator, 0.05, 0.3, 0.4, 1.2, xsq, xb)
+    np.testing.assert_allclose(W1, vqref.stiefel_step(W, dW, 0.05), rtol=0, atol=EXACT_TOL)
+    np.testing.assert_allclose(E1, E - 0.3 * dE, rtol=0, atol=EXACT_TOL)
+    assert loss == pytest.approx(r + 1.6 * d, rel=EXACT_TOL) and rec == pytest.approx(r, rel=EXACT_TOL)
+    np.testing.assert_array_equal(k, cache["k"])
 
 
 # ------------------------------------------- why PCA + Lloyd is hard to beat (README eq. 18)
@@ -194,9 +194,9 @@ def test_fast_step_loss_stays_exact_when_the_reconstruction_is_nearly_perfect():
     W = vqref.qr_retraction(rng.standard_normal((8, 2)))
     E = rng.standard_normal((3, 2)) * 5
     X = E[rng.integers(0, 3, 64)] @ W.T + 1e-7 * rng.standard_normal((64, 8))
-    for xsq in (None, np.sum(X ** 2, axis=1)):
-        _, _, loss, rec, _ = vqref._train_step(X, np.arange(64), W, E, "ste", 0.01, 0.1, 0.0, 1.0, xsq)
-        assert rec == pytest.approx(loss_by_definition(X, W, E, 0.0, 0.0), rel=REPORT_RTOL, abs=0)
+    xsq, xb = np.sum(X ** 2, axis=1), np.empty_like(X)
+    _, _, loss, rec, _ = vqref._train_step(X, np.arange(64), W, E, "ste", 0.01, 0.1, 0.0, 1.0, xsq, xb)
+    assert rec == pytest.approx(loss_by_definition(X, W, E, 0.0, 0.0), rel=REPORT_RTOL, abs=0)
 
 
 # ------------------------------------------------------------ numerical_grads, grad_check

@@ -712,11 +712,11 @@ def minibatches(N, batch, seed=0):
         yield from rng.permutation(N)[:N // batch * batch].reshape(-1, batch)
 
 
-def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq=None, xb=None):
+def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq, xb):
     """:func:`forward`, :func:`backward`, :func:`stiefel_step` and ``E - lrE dE`` on ``Xc[idx]`` (equal to rounding) in
     the latent form of README eqs. 4', 8', 9', without the (B, D) ``X_hat``, one latent per column (m, B); "numerical":
-    STE by :func:`numerical_grads`. ``xsq``: rows' ``||x||^2``; ``xb``: a (B, D) buffer for the batch, filled with
-    ``mode="wrap"`` (with ``out``, "raise" gathers via a temporary). Returns ``W, E, loss, rec, k``."""
+    STE by :func:`numerical_grads`. ``xsq`` (N,): rows' ``||x||^2``; ``xb``: a (B, D) buffer for the batch, filled
+    with ``mode="wrap"`` (with ``out``, "raise" gathers via a temporary). Returns ``W, E, loss, rec, k``."""
     if estimator == "numerical":
         rec, dist, cache = forward(Xc[idx], W, E)
         dW, dE = numerical_grads(Xc[idx], W, E, estimator="ste", beta=beta, alpha=alpha)
@@ -727,7 +727,7 @@ def _train_step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha, xsq=None, xb=No
     Q = np.take(E.T, k, axis=1)                                     # (m, B)
     Rz = Z - Q                                                      # (m, B)
     QM = (W.T @ W) @ Q                                              # (m, B)
-    x2 = np.vdot(Xb, Xb) if xsq is None else np.take(xsq, idx).sum()  # ||Xb||^2 (vdot: 2 BLAS threads, slower)
+    x2 = np.take(xsq, idx).sum()                                    # ||Xb||^2 from the rows' norms
     rec = (x2 - 2.0 * np.vdot(Q, Z) + np.vdot(QM, Q)) / B           # eq. 4'
     if rec < 1e-4 * x2 / B:                                         # (4') lost digits: explicit
         rec = np.sum(np.square(Xb - Q.T @ W.T)) / B

@@ -37,20 +37,20 @@ def _threads_from_argv(argv):
 THREADS = _threads_from_argv(sys.argv)
 if THREADS is not None:
     for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = THREADS                     # before numpy, sklearn or torch load
+        os.environ[_var] = THREADS  # before numpy, sklearn or torch load
 
-import argparse                                        # noqa: E402
-import json                                            # noqa: E402
-import platform                                        # noqa: E402
-import subprocess                                      # noqa: E402
-import tempfile                                        # noqa: E402
-import time                                            # noqa: E402
-import tracemalloc                                     # noqa: E402
-import warnings                                        # noqa: E402
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import tracemalloc  # noqa: E402
+import warnings  # noqa: E402
 
-import numpy as np                                     # noqa: E402
+import numpy as np  # noqa: E402
 
-import vqref                                           # noqa: E402
+import vqref  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 T0 = time.perf_counter()
@@ -88,12 +88,13 @@ def race(a, b, repeats):
             time.sleep(PAUSE)
             t = time.perf_counter()
             f()
-            if i:                                      # run 0 is the warm-up
+            if i:  # run 0 is the warm-up
                 times.append(time.perf_counter() - t)
     return float(np.median(ta)), float(np.median(tb)), ta, tb
 
 
 # ------------------------------------------------------- 1. training
+
 
 def train_setup(D, m, K, B, steps, N, seed=0):
     """Data, its centred copy, the initial W and E (as train makes them), and the batches."""
@@ -104,8 +105,17 @@ def train_setup(D, m, K, B, steps, N, seed=0):
 
 
 def vqref_train(X, W, E, estimator, steps, B, **kw):
-    return vqref.train(X, estimator=estimator, K=E.shape[0], m=W.shape[1], steps=steps, batch=B,
-                       init_W=W, init_E=E, **kw)
+    return vqref.train(
+        X,
+        estimator=estimator,
+        K=E.shape[0],
+        m=W.shape[1],
+        steps=steps,
+        batch=B,
+        init_W=W,
+        init_E=E,
+        **kw,
+    )
 
 
 def torch_loop(torch, Xc, W, E, batches, estimator, lrW=0.08, lrE=0.2, beta=0.25, alpha=1.0):
@@ -118,22 +128,27 @@ def torch_loop(torch, Xc, W, E, batches, estimator, lrW=0.08, lrE=0.2, beta=0.25
         E.requires_grad_(True)
         B = Xb.shape[0]
         Z = Xb @ W
-        with torch.no_grad():                          # nearest codeword, scored as vqref's
+        with torch.no_grad():  # nearest codeword, scored as vqref's
             c = E.mean(0)
             Ec = E - c
             k = ((Z - c) @ Ec.T - 0.5 * (Ec * Ec).sum(1)).argmax(1)
         Q = E[k]
         if estimator == "ste":
-            q = Z + (Q - Z).detach()                   # straight-through
-        else:                                          # q = sg(lam R) z, Householder form
+            q = Z + (Q - Z).detach()  # straight-through
+        else:  # q = sg(lam R) z, Householder form
             with torch.no_grad():
                 nz, ne = Z.norm(dim=1, keepdim=True), Q.norm(dim=1, keepdim=True)
                 u, v = Z / nz, Q / ne
                 w = (u + v) / (u + v).norm(dim=1, keepdim=True)
                 lam = ne / nz
-            q = lam * (Z - 2 * w * (w * Z).sum(1, keepdim=True) + 2 * v * (u * Z).sum(1, keepdim=True))
-        loss = (((Xb - q @ W.T) ** 2).sum() + alpha * ((Z.detach() - Q) ** 2).sum()
-                + beta * ((Z - Q.detach()) ** 2).sum()) / B
+            q = lam * (
+                Z - 2 * w * (w * Z).sum(1, keepdim=True) + 2 * v * (u * Z).sum(1, keepdim=True)
+            )
+        loss = (
+            ((Xb - q @ W.T) ** 2).sum()
+            + alpha * ((Z.detach() - Q) ** 2).sum()
+            + beta * ((Z - Q.detach()) ** 2).sum()
+        ) / B
         loss.backward()
         with torch.no_grad():
             G = W.grad
@@ -151,13 +166,14 @@ def child_memory(args):
     torch = __import__("torch") if side == "torch" else None
     if torch is not None:
         torch.set_num_threads(int(THREADS or 1))
-        torch_loop(torch, Xc, W, E, batches[:1], estimator)       # load kernels first
+        torch_loop(torch, Xc, W, E, batches[:1], estimator)  # load kernels first
 
     def status(key):
         with open("/proc/self/status") as fh:
             return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(key))
+
     with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")                                                # reset the peak (VmHWM)
+        fh.write("5")  # reset the peak (VmHWM)
     before = status("VmRSS:")
     if torch is not None:
         torch_loop(torch, Xc, W, E, batches, estimator)
@@ -167,62 +183,109 @@ def child_memory(args):
 
 
 def memory_of(side, estimator, cfg):
-    cmd = [sys.executable, os.path.abspath(__file__), "--threads", THREADS or "1", "--child", side,
-           estimator] + [str(cfg[k]) for k in ("D", "m", "K", "B", "steps", "N")]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--threads",
+        THREADS or "1",
+        "--child",
+        side,
+        estimator,
+    ] + [str(cfg[k]) for k in ("D", "m", "K", "B", "steps", "N")]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_bytes"]
 
 
 def bench_training(quick, repeats, results):
-    log(f"\n1. Training: vqref.train (hand-derived) vs PyTorch autograd, float64, {THREADS} thread(s)")
+    log(
+        f"\n1. Training: vqref.train (hand-derived) vs PyTorch autograd, float64, {THREADS} "
+        "thread(s)"
+    )
     torch = optional("torch", "`pip install torch` (README, Performance)")
     if torch is None:
         return
     torch.set_num_threads(int(THREADS))
-    settings = ([dict(D=64, m=4, K=32, B=256, steps=20, N=2000)] if quick else
-                [dict(D=64, m=4, K=32, B=1024, steps=300, N=20000),
-                 dict(D=512, m=64, K=512, B=4096, steps=50, N=20000)])
-    print(f"{'setting':<30} {'estimator':<9} {'vqref':>8} {'torch':>8} {'torch/vqref':>11} "
-          f"{'max|dW|,|dE|':>12} {'mem vqref':>9} {'mem torch':>9}")
+    settings = (
+        [dict(D=64, m=4, K=32, B=256, steps=20, N=2000)]
+        if quick
+        else [
+            dict(D=64, m=4, K=32, B=1024, steps=300, N=20000),
+            dict(D=512, m=64, K=512, B=4096, steps=50, N=20000),
+        ]
+    )
+    print(
+        f"{'setting':<30} {'estimator':<9} {'vqref':>8} {'torch':>8} {'torch/vqref':>11} "
+        f"{'max|dW|,|dE|':>12} {'mem vqref':>9} {'mem torch':>9}"
+    )
     for cfg in settings:
-        X, Xc, W, E, batches = train_setup(cfg["D"], cfg["m"], cfg["K"], cfg["B"], cfg["steps"], cfg["N"])
+        X, Xc, W, E, batches = train_setup(
+            cfg["D"], cfg["m"], cfg["K"], cfg["B"], cfg["steps"], cfg["N"]
+        )
         t = time.perf_counter()
         vqref.train(X, K=cfg["K"], m=cfg["m"], steps=0, batch=cfg["B"])
         init_s = time.perf_counter() - t
         for est in ("ste", "rotation"):
-            res = vqref_train(X, W, E, est, 3, cfg["B"])         # same start, same 3 batches
+            res = vqref_train(X, W, E, est, 3, cfg["B"])  # same start, same 3 batches
             Wt, Et = torch_loop(torch, Xc, W, E, batches[:3], est)
             diff = max(np.abs(res.W - Wt).max(), np.abs(res.E - Et).max())
             if diff > 1e-8:
-                raise SystemExit(f"vqref.train and the PyTorch loop disagree after 3 steps ({diff:.1e})")
-            tv, tt, ta, tb = race(lambda: vqref_train(X, W, E, est, cfg["steps"], cfg["B"]),
-                                  lambda: torch_loop(torch, Xc, W, E, batches, est), repeats)
+                raise SystemExit(
+                    f"vqref.train and the PyTorch loop disagree after 3 steps ({diff:.1e})"
+                )
+            tv, tt, ta, tb = race(
+                lambda: vqref_train(X, W, E, est, cfg["steps"], cfg["B"]),
+                lambda: torch_loop(torch, Xc, W, E, batches, est),
+                repeats,
+            )
             mv, mt = memory_of("vqref", est, cfg), memory_of("torch", est, cfg)
             name = f"D={cfg['D']} m={cfg['m']} K={cfg['K']} B={cfg['B']} x{cfg['steps']}"
-            print(f"{name:<30} {est:<9} {tv:7.3f}s {tt:7.3f}s {tt / tv:10.2f}x {diff:12.1e} "
-                  f"{mv / 2**20:7.1f}MB {mt / 2**20:7.1f}MB", flush=True)
-            results.setdefault("training", []).append(dict(
-                cfg, threads=int(THREADS), estimator=est, vqref_s=tv, torch_s=tt,
-                ratio_torch_over_vqref=tt / tv, max_abs_diff_after_3_steps=float(diff),
-                vqref_times=ta, torch_times=tb, vqref_peak_bytes=mv, torch_peak_bytes=mt,
-                init_s=init_s))
-        print(f"{'':<30} {'init':<9} {init_s:7.3f}s  (PCA + k-means++, once, outside the timed loops)")
+            print(
+                f"{name:<30} {est:<9} {tv:7.3f}s {tt:7.3f}s {tt / tv:10.2f}x {diff:12.1e} "
+                f"{mv / 2**20:7.1f}MB {mt / 2**20:7.1f}MB",
+                flush=True,
+            )
+            results.setdefault("training", []).append(
+                dict(
+                    cfg,
+                    threads=int(THREADS),
+                    estimator=est,
+                    vqref_s=tv,
+                    torch_s=tt,
+                    ratio_torch_over_vqref=tt / tv,
+                    max_abs_diff_after_3_steps=float(diff),
+                    vqref_times=ta,
+                    torch_times=tb,
+                    vqref_peak_bytes=mv,
+                    torch_peak_bytes=mt,
+                    init_s=init_s,
+                )
+            )
+        print(
+            f"{'':<30} {'init':<9} {init_s:7.3f}s  (PCA + k-means++, once, outside the timed "
+            "loops)"
+        )
 
 
 # ------------------------------------------------------------- 2. Lloyd-Max
 
+
 def bench_lloyd(quick, repeats, results):
-    log(f"\n2. Lloyd-Max: vqref.lloyd_max vs sklearn KMeans(algorithm='lloyd'), same init, "
-        f"{THREADS} thread(s)")
+    log(
+        f"\n2. Lloyd-Max: vqref.lloyd_max vs sklearn KMeans(algorithm='lloyd'), same init, "
+        f"{THREADS} thread(s)"
+    )
     sklearn = optional("sklearn", "`pip install scikit-learn`")
     if sklearn is None:
         return
     from sklearn.cluster import KMeans
+
     N = 5000 if quick else 100_000
     X = vqref.make_data(N, 64, seed=0)
-    Z = np.ascontiguousarray(X @ vqref.pca(X, 4))                 # (N, 4)
-    print(f"{'N, m, K':<16} {'iterations':<11} {'vqref':>8} {'sklearn':>8} {'vqref/sklearn':>13} "
-          f"{'iters':>9} {'max|E - E_sk|':>13}")
+    Z = np.ascontiguousarray(X @ vqref.pca(X, 4))  # (N, 4)
+    print(
+        f"{'N, m, K':<16} {'iterations':<11} {'vqref':>8} {'sklearn':>8} {'vqref/sklearn':>13} "
+        f"{'iters':>9} {'max|E - E_sk|':>13}"
+    )
     for K in ((16,) if quick else (32, 256)):
         init = vqref.kmeans_pp(Z, K, np.random.default_rng(1))
         for cap in (10_000, 60):
@@ -230,25 +293,45 @@ def bench_lloyd(quick, repeats, results):
 
             def ours():
                 with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")            # the 60-iteration cap warns
+                    warnings.simplefilter("ignore")  # the 60-iteration cap warns
                     out["v"] = vqref.lloyd_max(Z, K, init=init, max_iter=cap)
 
             def theirs():
-                out["s"] = KMeans(K, init=init, n_init=1, algorithm="lloyd", tol=0.0, max_iter=cap).fit(Z)
+                out["s"] = KMeans(
+                    K, init=init, n_init=1, algorithm="lloyd", tol=0.0, max_iter=cap
+                ).fit(Z)
+
             tv, ts, ta, tb = race(ours, theirs, repeats)
             (E, info), km = out["v"], out["s"]
             diff = float(np.abs(E - km.cluster_centers_).max())
             what = "to the end" if cap > 60 else "60"
-            print(f"{f'{N}, 4, {K}':<16} {what:<11} {tv:7.3f}s {ts:7.3f}s {tv / ts:12.2f}x "
-                  f"{info['n_iter']:4d}/{km.n_iter_:<4d} {diff:13.1e}", flush=True)
-            results.setdefault("lloyd", []).append(dict(
-                N=N, m=4, K=K, max_iter=cap, threads=int(THREADS), vqref_s=tv, sklearn_s=ts,
-                ratio_vqref_over_sklearn=tv / ts, vqref_iter=info["n_iter"],
-                sklearn_iter=int(km.n_iter_), converged=info["converged"],
-                max_abs_codebook_diff=diff, vqref_times=ta, sklearn_times=tb))
+            print(
+                f"{f'{N}, 4, {K}':<16} {what:<11} {tv:7.3f}s {ts:7.3f}s {tv / ts:12.2f}x "
+                f"{info['n_iter']:4d}/{km.n_iter_:<4d} {diff:13.1e}",
+                flush=True,
+            )
+            results.setdefault("lloyd", []).append(
+                dict(
+                    N=N,
+                    m=4,
+                    K=K,
+                    max_iter=cap,
+                    threads=int(THREADS),
+                    vqref_s=tv,
+                    sklearn_s=ts,
+                    ratio_vqref_over_sklearn=tv / ts,
+                    vqref_iter=info["n_iter"],
+                    sklearn_iter=int(km.n_iter_),
+                    converged=info["converged"],
+                    max_abs_codebook_diff=diff,
+                    vqref_times=ta,
+                    sklearn_times=tb,
+                )
+            )
 
 
 # ------------------------------------------------------------------ 3. scale
+
 
 def traced(f):
     tracemalloc.start()
@@ -261,44 +344,69 @@ def traced(f):
 
 
 def bench_scale(quick, results):
-    log(f"\n3. Scale: time and peak memory (tracemalloc) against 2 x data + 256 MB, {THREADS} thread(s)")
+    log(
+        f"\n3. Scale: time and peak memory (tracemalloc) against 2 x data + 256 MB, {THREADS} "
+        "thread(s)"
+    )
     rows = []
     N = 20_000 if quick else 1_000_000
     Z = np.random.default_rng(0).standard_normal((N, 8)) * np.linspace(2.0, 0.5, 8)
     init = {}
-    sec, peak = traced(lambda: init.setdefault("E", vqref.kmeans_pp(Z, 256, np.random.default_rng(0))))
+    sec, peak = traced(
+        lambda: init.setdefault("E", vqref.kmeans_pp(Z, 256, np.random.default_rng(0)))
+    )
     rows.append((f"kmeans_pp N={N} m=8 K=256", Z.nbytes, sec, peak))
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sec, peak = traced(lambda: out.setdefault("r", vqref.lloyd_max(Z, 256, init=init["E"], max_iter=100)))
+        sec, peak = traced(
+            lambda: out.setdefault("r", vqref.lloyd_max(Z, 256, init=init["E"], max_iter=100))
+        )
     rows.append((f"lloyd_max N={N} m=8 K=256, {out['r'][1]['n_iter']} it", Z.nbytes, sec, peak))
     N2, steps = (4000, 5) if quick else (50_000, 50)
     X = vqref.make_data(N2, 512, seed=0, rank=128)
-    sec, peak = traced(lambda: vqref.train(X, K=512, m=64, batch=4096 if not quick else 512,
-                                           steps=steps))
+    sec, peak = traced(
+        lambda: vqref.train(X, K=512, m=64, batch=4096 if not quick else 512, steps=steps)
+    )
     rows.append((f"train N={N2} D=512 m=64 K=512 x{steps}", X.nbytes, sec, peak))
     print(f"{'run':<42} {'data':>9} {'time':>8} {'peak':>9} {'bound':>9}  within")
     for name, nbytes, sec, peak in rows:
         bound = 2 * nbytes + 256 * 2**20
-        print(f"{name:<42} {nbytes / 2**20:7.1f}MB {sec:7.2f}s {peak / 2**20:7.1f}MB "
-              f"{bound / 2**20:7.1f}MB  {'yes' if peak <= bound else 'NO'}", flush=True)
-        results.setdefault("scale", []).append(dict(run=name, data_bytes=nbytes, seconds=sec,
-                                                    peak_bytes=peak, bound_bytes=bound))
+        print(
+            f"{name:<42} {nbytes / 2**20:7.1f}MB {sec:7.2f}s {peak / 2**20:7.1f}MB "
+            f"{bound / 2**20:7.1f}MB  {'yes' if peak <= bound else 'NO'}",
+            flush=True,
+        )
+        results.setdefault("scale", []).append(
+            dict(run=name, data_bytes=nbytes, seconds=sec, peak_bytes=peak, bound_bytes=bound)
+        )
 
 
 # ------------------------------------------------------------------ 4. suite
 
+
 def bench_suite(quick, results):
     log("\n4. Suite: wall time of the scripts (fresh processes, their own thread settings)")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        cmds = ([["vqref.py", "--n", "2000", "--steps", "20"]] if quick else
-                [["vqref.py"], ["figures.py", "--quick", "--out", tmp], ["figures.py", "--out", tmp]])
+        cmds = (
+            [["vqref.py", "--n", "2000", "--steps", "20"]]
+            if quick
+            else [
+                ["vqref.py"],
+                ["figures.py", "--quick", "--out", tmp],
+                ["figures.py", "--out", tmp],
+            ]
+        )
         for cmd in cmds:
             t = time.perf_counter()
-            subprocess.run([sys.executable] + cmd, cwd=HERE, env=env, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable] + cmd, cwd=HERE, env=env, check=True, capture_output=True
+            )
             sec = time.perf_counter() - t
             shown = " ".join(c if c != tmp else "TMP" for c in cmd)
             print(f"python {shown:<40} {sec:7.1f} s", flush=True)
@@ -306,23 +414,37 @@ def bench_suite(quick, results):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     p.add_argument("--json", metavar="FILE", help="write the raw figures to FILE")
-    p.add_argument("--threads", type=int, default=None,
-                   help="threads for every side (default: run at 1, then at 2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats (default 5; 2 with --quick)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for every side (default: run at 1, then at 2)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats (default 5; 2 with --quick)"
+    )
     p.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     p.add_argument("--no-suite", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         return child_memory(a.child)
-    if a.threads is None:                              # each thread count in its own process
+    if a.threads is None:  # each thread count in its own process
         runs = []
         for n in (1, 2):
             with tempfile.NamedTemporaryFile(suffix=".json") as fh:
-                cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(n), "--json", fh.name]
+                cmd = [
+                    sys.executable,
+                    os.path.abspath(__file__),
+                    "--threads",
+                    str(n),
+                    "--json",
+                    fh.name,
+                ]
                 cmd += ["--quick"] * a.quick + (["--repeats", str(a.repeats)] if a.repeats else [])
                 subprocess.run(cmd + (["--no-suite"] if n == 1 else []), check=True)
                 runs.append(json.load(open(fh.name)))
@@ -331,10 +453,18 @@ def main(argv=None):
                 json.dump(runs, fh, indent=1)
         return runs
     repeats = a.repeats or (2 if a.quick else 5)
-    results = {"machine": {"python": platform.python_version(), "numpy": np.__version__,
-                           "processor": platform.processor() or platform.machine(),
-                           "cores": os.cpu_count(), "threads": int(THREADS)},
-               "date": time.strftime("%Y-%m-%d"), "quick": a.quick, "repeats": repeats}
+    results = {
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "processor": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "threads": int(THREADS),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "quick": a.quick,
+        "repeats": repeats,
+    }
     print(f"vqref bench: {results['machine']}, {repeats} timed repeats after a warm-up")
     bench_training(a.quick, repeats, results)
     bench_lloyd(a.quick, max(2, repeats - 2), results)

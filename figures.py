@@ -4,9 +4,9 @@
 # ///
 """Re-run the study with vqref under two protocols: five plots, results.json, README tables.
 
-    python figures.py                 # everything into figures/, 5 seeds (about 3 minutes on 2 cores)
-    python figures.py --quick         # reduced run (2 seeds, small sizes), for CI
-    python figures.py --readme        # rewrite README's results section from figures/results.json
+    python3 figures.py                # everything into figures/, 5 seeds (minutes on 2 cores)
+    python3 figures.py --quick        # reduced run (2 seeds, small sizes), for CI
+    python3 figures.py --readme       # rewrite README's results section from figures/results.json
 
 Protocols: "study" is the study's settings (300 steps, lrE = 0.2); "converged" is
 vqref.CONVERGED (lrE = 2, until the training loss levels off). The baseline's Lloyd
@@ -18,21 +18,21 @@ NumPy loads). Needs matplotlib besides vqref's numpy.
 import os
 
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")                   # one BLAS thread per process, before numpy
+    os.environ.setdefault(_var, "1")  # one BLAS thread per process, before numpy
 
-import argparse                                        # noqa: E402
-import datetime                                        # noqa: E402
-import inspect                                         # noqa: E402
-import itertools                                       # noqa: E402
-import json                                            # noqa: E402
-import multiprocessing                                 # noqa: E402
-import re                                              # noqa: E402
-import time                                            # noqa: E402
-import warnings                                        # noqa: E402
+import argparse  # noqa: E402
+import datetime  # noqa: E402
+import inspect  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
 
-import numpy as np                                     # noqa: E402
+import numpy as np  # noqa: E402
 
-import vqref                                           # noqa: E402
+import vqref  # noqa: E402
 
 # The study's reported numbers (its summary). Two of them disagree with each other: its
 # manual STE at K = 32 is 2.4577 (-1.27%) in the ranking table and 2.447 (-1.7%) in the
@@ -44,22 +44,33 @@ STUDY = {
     "scaling_ste": {8: 3.895, 16: 3.047, 32: 2.447, 64: 2.001},
     "scaling_pct": {8: -0.1, 16: -0.5, 32: -1.7, 64: -0.6},
     "beta": {0.0: 2.4483, 0.25: 2.4470, 1.0: 2.4447},
-    "autograd_vs_manual_mse_pct": 0.46, "autograd_vs_manual_entropy_pct": 0.05,
+    "autograd_vs_manual_mse_pct": 0.46,
+    "autograd_vs_manual_entropy_pct": 0.05,
 }
 KS = (8, 16, 32, 64)
 BETAS = (0.0, 0.1, 0.25, 0.5, 1.0)
 HS = tuple(10.0 ** np.arange(-12, 0.5, 1.0))
 PROTOCOLS = ("study", "converged")
-GRID0 = {"study": ((0.04, 0.08, 0.16), (0.1, 0.2, 0.4)), "converged": ((0.04, 0.08, 0.16), (1.0, 2.0, 4.0))}
-LRW_MAX = 0.4                                          # vqref refuses lrW * top variance (~2.05) > 1
-STYLE = {"baseline": dict(color="#000000", ls="-", marker="s"),
-         "ste": dict(color="#0072B2", ls="-", marker="o"),
-         "rotation": dict(color="#E69F00", ls="--", marker="^"),
-         "numerical": dict(color="#D55E00", ls=":", marker="x"),
-         "best": dict(color="#009E73", ls="-.", marker="D"),
-         "study": dict(color="#CC79A7", ls="none", marker="*")}
-LABELS = {"baseline": "PCA + Lloyd-Max", "ste": "STE", "rotation": "rotation",
-          "numerical": "STE, finite differences", "best": "best subspace + Lloyd"}
+GRID0 = {
+    "study": ((0.04, 0.08, 0.16), (0.1, 0.2, 0.4)),
+    "converged": ((0.04, 0.08, 0.16), (1.0, 2.0, 4.0)),
+}
+LRW_MAX = 0.4  # vqref refuses lrW * top variance (~2.05) > 1
+STYLE = {
+    "baseline": dict(color="#000000", ls="-", marker="s"),
+    "ste": dict(color="#0072B2", ls="-", marker="o"),
+    "rotation": dict(color="#E69F00", ls="--", marker="^"),
+    "numerical": dict(color="#D55E00", ls=":", marker="x"),
+    "best": dict(color="#009E73", ls="-.", marker="D"),
+    "study": dict(color="#CC79A7", ls="none", marker="*"),
+}
+LABELS = {
+    "baseline": "PCA + Lloyd-Max",
+    "ste": "STE",
+    "rotation": "rotation",
+    "numerical": "STE, finite differences",
+    "best": "best subspace + Lloyd",
+}
 PROTO_LS = {"study": ":", "converged": "-"}
 
 
@@ -68,14 +79,31 @@ def config(quick):
     conv = dict(vqref.CONVERGED)
     if quick:
         conv.update(window=100, steps=1000)
-        return dict(n=4000, batch=256, protocols={"study": dict(steps=60, lrE=0.2), "converged": conv},
-                    curve_steps=400, eval_every=20, num_steps=15, num_batch=64, gc_rows=32)
-    return dict(n=20000, batch=1024, protocols={"study": dict(steps=300, lrE=0.2), "converged": conv},
-                curve_steps=2500, eval_every=50, num_steps=200, num_batch=256, gc_rows=128)
+        return dict(
+            n=4000,
+            batch=256,
+            protocols={"study": dict(steps=60, lrE=0.2), "converged": conv},
+            curve_steps=400,
+            eval_every=20,
+            num_steps=15,
+            num_batch=64,
+            gc_rows=32,
+        )
+    return dict(
+        n=20000,
+        batch=1024,
+        protocols={"study": dict(steps=300, lrE=0.2), "converged": conv},
+        curve_steps=2500,
+        eval_every=50,
+        num_steps=200,
+        num_batch=256,
+        gc_rows=128,
+    )
 
 
 # ------------------------------------------------------------------ tasks
 # A task is a hashable tuple (kind, settings, seed); run_task computes it in a worker.
+
 
 def task(kind, seed, **settings):
     return (kind, tuple(sorted(settings.items())), seed)
@@ -98,12 +126,17 @@ def run_task(t):
     if kind == "gradcheck":
         out = gradcheck_vs_h(s, seed)
     else:
-        Xtr, Xte = vqref.split(vqref.make_data(s["n"], seed=seed, bimodal=s.get("bimodal", 0)), 0.2, seed=seed)
+        Xtr, Xte = vqref.split(
+            vqref.make_data(s["n"], seed=seed, bimodal=s.get("bimodal", 0)), 0.2, seed=seed
+        )
         W_pca = vqref.pca(Xtr, 4)
         if kind == "baseline":
             model = vqref.baseline(Xtr, s["K"], 4, seed=seed)
-            out = {"test": held_out(model, Xte, W_pca), "n_iter": model.settings["n_iter"],
-                   "converged": model.settings["converged"]}
+            out = {
+                "test": held_out(model, Xte, W_pca),
+                "n_iter": model.settings["n_iter"],
+                "converged": model.settings["converged"],
+            }
         elif kind == "best_subspace":
             out = best_subspace(Xtr, Xte, s["K"], seed, W_pca)
         else:
@@ -129,25 +162,39 @@ def best_subspace(Xtr, Xte, K, seed, W_pca, m=4):
 def train_run(Xtr, Xte, s, seed, W_pca):
     init_W = None
     if s.get("start") == "random":
-        init_W = vqref.qr_retraction(np.random.default_rng(100 + seed).standard_normal((Xtr.shape[1], 4)))
+        init_W = vqref.qr_retraction(
+            np.random.default_rng(100 + seed).standard_normal((Xtr.shape[1], 4))
+        )
     kw = {k: s[k] for k in ("estimator", "K", "steps", "lrW", "lrE", "beta", "batch")}
     kw.update(tol=s.get("tol"), window=s.get("window", 100))
     curve = s.get("eval_every")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")                          # a collapsed run shows as such
-            res = vqref.train(Xtr, seed=seed, init_W=init_W, eval_X=Xte if curve else None,
-                              eval_every=curve or 1, **kw)
+            warnings.simplefilter("ignore")  # a collapsed run shows as such
+            res = vqref.train(
+                Xtr,
+                seed=seed,
+                init_W=init_W,
+                eval_X=Xte if curve else None,
+                eval_every=curve or 1,
+                **kw,
+            )
             out = {"test": held_out(res, Xte, W_pca)}
     except FloatingPointError:
         return {"diverged": True}
     h = res.history
-    out.update(steps_run=res.settings["steps_run"], loss=h["loss"].tolist(),
-               max_orth_error=float(np.max(h["orth_error"], initial=0.0)))
+    out.update(
+        steps_run=res.settings["steps_run"],
+        loss=h["loss"].tolist(),
+        max_orth_error=float(np.max(h["orth_error"], initial=0.0)),
+    )
     if curve:
         at = np.flatnonzero(np.isfinite(h["eval_mse"]))
-        out.update(curve_step=(at + 1).tolist(), curve_mse=h["eval_mse"][at].tolist(),
-                   curve_entropy=h["eval_entropy"][at].tolist())
+        out.update(
+            curve_step=(at + 1).tolist(),
+            curve_mse=h["eval_mse"][at].tolist(),
+            curve_entropy=h["eval_entropy"][at].tolist(),
+        )
     return out
 
 
@@ -155,7 +202,10 @@ def gradcheck_vs_h(s, seed):
     """Relative error of manual vs central-difference gradients for each step h."""
     X = vqref.make_data(s["gc_rows"], seed=1000 + seed)
     W, E = vqref.check_point(X, 4, 32 if s["gc_rows"] >= 32 else 8, seed=1000 + seed)
-    return {est: [vqref.grad_check(X, W, E, estimator=est, h=h) for h in HS] for est in ("ste", "rotation")}
+    return {
+        est: [vqref.grad_check(X, W, E, estimator=est, h=h) for h in HS]
+        for est in ("ste", "rotation")
+    }
 
 
 def plan(c, seeds):
@@ -170,35 +220,76 @@ def plan(c, seeds):
         for proto, pk in c["protocols"].items():
             for est in ("ste", "rotation"):
                 for K in KS:
-                    P["scaling"][(proto, est, K, s)] = task("train", s, **base, **pk, estimator=est, K=K)
+                    P["scaling"][(proto, est, K, s)] = task(
+                        "train", s, **base, **pk, estimator=est, K=K
+                    )
                     for start in ("pca", "random"):
-                        P["wins"][(est, start, K, s)] = task("train", s, **base, **c["protocols"]["converged"],
-                                                             estimator=est, K=K, bimodal=1, start=start)
+                        P["wins"][(est, start, K, s)] = task(
+                            "train",
+                            s,
+                            **base,
+                            **c["protocols"]["converged"],
+                            estimator=est,
+                            K=K,
+                            bimodal=1,
+                            start=start,
+                        )
                 for b in BETAS:
-                    P["beta"][(proto, est, b, s)] = task("train", s, **dict(base, beta=b), **pk, estimator=est, K=32)
+                    P["beta"][(proto, est, b, s)] = task(
+                        "train", s, **dict(base, beta=b), **pk, estimator=est, K=32
+                    )
         for est in ("ste", "rotation"):
             for lrE in (0.2, c["protocols"]["converged"]["lrE"]):
-                P["curve"][(est, lrE, s)] = task("train", s, **base, estimator=est, K=32, lrE=lrE,
-                                                 steps=c["curve_steps"], eval_every=c["eval_every"])
+                P["curve"][(est, lrE, s)] = task(
+                    "train",
+                    s,
+                    **base,
+                    estimator=est,
+                    K=32,
+                    lrE=lrE,
+                    steps=c["curve_steps"],
+                    eval_every=c["eval_every"],
+                )
         P["gradcheck"][("h", s)] = task("gradcheck", s, gc_rows=c["gc_rows"])
     for est in ("ste", "numerical"):
-        P["gradcheck"][(est, "train")] = task("train", seeds[0], **dict(base, batch=c["num_batch"]),
-                                              estimator=est, K=32, steps=c["num_steps"], lrE=0.2)
+        P["gradcheck"][(est, "train")] = task(
+            "train",
+            seeds[0],
+            **dict(base, batch=c["num_batch"]),
+            estimator=est,
+            K=32,
+            steps=c["num_steps"],
+            lrE=0.2,
+        )
     return P
 
 
 def grid_tasks(c, seeds, proto, lrws, lres):
     pk = dict(c["protocols"][proto])
-    return {(lw, le, s): task("train", s, n=c["n"], batch=c["batch"], beta=0.25, estimator="ste", K=32,
-                              **dict(pk, lrW=lw, lrE=le))
-            for lw in lrws for le in lres for s in seeds}
+    return {
+        (lw, le, s): task(
+            "train",
+            s,
+            n=c["n"],
+            batch=c["batch"],
+            beta=0.25,
+            estimator="ste",
+            K=32,
+            **dict(pk, lrW=lw, lrE=le),
+        )
+        for lw in lrws
+        for le in lres
+        for s in seeds
+    }
 
 
 def grid_means(done, tasks):
     cells = {}
     for (lw, le, s), t in tasks.items():
         out = done[t]
-        cells.setdefault((lw, le), []).append(np.inf if out.get("diverged") else out["test"]["mse"])
+        cells.setdefault((lw, le), []).append(
+            np.inf if out.get("diverged") else out["test"]["mse"]
+        )
     return {k: float(np.mean(v)) for k, v in cells.items()}
 
 
@@ -208,13 +299,19 @@ def run_all(c, seeds, jobs, log):
     P = plan(c, seeds)
     t_start, done = time.perf_counter(), {}
 
-    def cost(t):                                       # rough order of a task's run time
+    def cost(t):  # rough order of a task's run time
         s = dict(t[1])
         return (s.get("estimator") == "numerical", "tol" in s or "eval_every" in s, s.get("K", 0))
+
     with multiprocessing.get_context("fork").Pool(jobs) as pool:
+
         def run(tasks, what=None):
             todo = sorted(set(tasks) - set(done), key=lambda t: (cost(t), repr(t)), reverse=True)
-            left = {name: set(exp.values()) - set(done) for name, exp in P.items()} if what is None else {}
+            left = (
+                {name: set(exp.values()) - set(done) for name, exp in P.items()}
+                if what is None
+                else {}
+            )
             t0 = time.perf_counter()
             for t, out in pool.imap_unordered(run_task, todo):
                 done[t] = out
@@ -224,8 +321,11 @@ def run_all(c, seeds, jobs, log):
                         log(f"{name:<34} done after {time.perf_counter() - t_start:6.1f} s")
                         del left[name]
             if what:
-                log(f"{what:<34} {len(todo):4d} runs {time.perf_counter() - t0:6.1f} s "
-                    f"(elapsed {time.perf_counter() - t_start:6.1f} s)")
+                log(
+                    f"{what:<34} {len(todo):4d} runs {time.perf_counter() - t0:6.1f} s "
+                    f"(elapsed {time.perf_counter() - t_start:6.1f} s)"
+                )
+
         run([t for exp in P.values() for t in exp.values()])
         grids = {}
         for proto in PROTOCOLS:
@@ -252,16 +352,24 @@ def run_all(c, seeds, jobs, log):
                     break
             grids[proto] = {"lrW": lrws, "lrE": lres, "tasks": tasks}
     raw = {name: {k: done[t] for k, t in exp.items()} for name, exp in P.items()}
-    raw["grid"] = {p: dict(g, runs={k: done[t] for k, t in g.pop("tasks").items()}) for p, g in grids.items()}
+    raw["grid"] = {
+        p: dict(g, runs={k: done[t] for k, t in g.pop("tasks").items()}) for p, g in grids.items()
+    }
     return raw
 
 
 # -------------------------------------------------------------- summaries
 
+
 def mean_std(xs):
     xs = np.asarray(xs, dtype=float)
-    return {"mean": float(xs.mean()), "std": float(xs.std(ddof=1)) if xs.size > 1 else 0.0,
-            "min": float(xs.min()), "max": float(xs.max()), "per_seed": xs.tolist()}
+    return {
+        "mean": float(xs.mean()),
+        "std": float(xs.std(ddof=1)) if xs.size > 1 else 0.0,
+        "min": float(xs.min()),
+        "max": float(xs.max()),
+        "per_seed": xs.tolist(),
+    }
 
 
 def pct(a, b):
@@ -271,72 +379,130 @@ def pct(a, b):
 def summarize(raw, c, seeds):
     """results.json: every number behind every plot and table, per seed."""
     base = {K: [raw["baseline"][(K, s)] for s in seeds] for K in KS}
-    S = {"baseline": {str(K): {"mse": mean_std([r["test"]["mse"] for r in base[K]]),
-                               "entropy": mean_std([r["test"]["entropy"] for r in base[K]]),
-                               "dead_codes": mean_std([r["test"]["dead_codes"] for r in base[K]]),
-                               "n_iter": [r["n_iter"] for r in base[K]],
-                               "all_converged": all(r["converged"] for r in base[K])} for K in KS}}
+    S = {
+        "baseline": {
+            str(K): {
+                "mse": mean_std([r["test"]["mse"] for r in base[K]]),
+                "entropy": mean_std([r["test"]["entropy"] for r in base[K]]),
+                "dead_codes": mean_std([r["test"]["dead_codes"] for r in base[K]]),
+                "n_iter": [r["n_iter"] for r in base[K]],
+                "all_converged": all(r["converged"] for r in base[K]),
+            }
+            for K in KS
+        }
+    }
     for proto in PROTOCOLS:
         P = S[proto] = {"scaling": {}, "beta": {}}
         for K in KS:
             row = {"baseline": S["baseline"][str(K)]}
             for est in ("ste", "rotation"):
                 runs = [raw["scaling"][(proto, est, K, s)] for s in seeds]
-                row[est] = {key: mean_std([r["test"][key] for r in runs])
-                            for key in ("mse", "entropy", "dead_codes", "resid", "distortion")}
-                row[est]["change_pct"] = mean_std([pct(r["test"]["mse"], b["test"]["mse"])
-                                                   for r, b in zip(runs, base[K])])
+                row[est] = {
+                    key: mean_std([r["test"][key] for r in runs])
+                    for key in ("mse", "entropy", "dead_codes", "resid", "distortion")
+                }
+                row[est]["change_pct"] = mean_std(
+                    [pct(r["test"]["mse"], b["test"]["mse"]) for r, b in zip(runs, base[K])]
+                )
                 row[est]["steps_run"] = [r["steps_run"] for r in runs]
                 row[est]["max_orth_error"] = max(r["max_orth_error"] for r in runs)
             P["scaling"][str(K)] = row
         for b in BETAS:
-            P["beta"][str(b)] = {est: {"mse": mean_std([raw["beta"][(proto, est, b, s)]["test"]["mse"] for s in seeds]),
-                                       "change_pct": mean_std([pct(raw["beta"][(proto, est, b, s)]["test"]["mse"],
-                                                                   base[32][i]["test"]["mse"])
-                                                               for i, s in enumerate(seeds)])}
-                                 for est in ("ste", "rotation")}
+            P["beta"][str(b)] = {
+                est: {
+                    "mse": mean_std(
+                        [raw["beta"][(proto, est, b, s)]["test"]["mse"] for s in seeds]
+                    ),
+                    "change_pct": mean_std(
+                        [
+                            pct(
+                                raw["beta"][(proto, est, b, s)]["test"]["mse"],
+                                base[32][i]["test"]["mse"],
+                            )
+                            for i, s in enumerate(seeds)
+                        ]
+                    ),
+                }
+                for est in ("ste", "rotation")
+            }
         g = raw["grid"][proto]
         cells = {}
         for (lw, le, s), out in g["runs"].items():
-            cells.setdefault(f"{lw:g}/{le:g}", []).append(np.inf if out.get("diverged") else out["test"]["mse"])
-        P["lr_grid"] = {"lrW": g["lrW"], "lrE": g["lrE"],
-                        "cells": {k: {"mean": float(np.mean(v)), "diverged": int(np.sum(~np.isfinite(v)))}
-                                  for k, v in cells.items()}}
+            cells.setdefault(f"{lw:g}/{le:g}", []).append(
+                np.inf if out.get("diverged") else out["test"]["mse"]
+            )
+        P["lr_grid"] = {
+            "lrW": g["lrW"],
+            "lrE": g["lrE"],
+            "cells": {
+                k: {"mean": float(np.mean(v)), "diverged": int(np.sum(~np.isfinite(v)))}
+                for k, v in cells.items()
+            },
+        }
         best = min(P["lr_grid"]["cells"], key=lambda k: P["lr_grid"]["cells"][k]["mean"])
         lw, le = (float(x) for x in best.split("/"))
-        P["lr_grid"]["best"] = {"lrW": lw, "lrE": le, "mse": P["lr_grid"]["cells"][best]["mean"],
-                                "on_edge": lw in (g["lrW"][0], g["lrW"][-1]) or le in (g["lrE"][0], g["lrE"][-1])}
+        P["lr_grid"]["best"] = {
+            "lrW": lw,
+            "lrE": le,
+            "mse": P["lr_grid"]["cells"][best]["mean"],
+            "on_edge": lw in (g["lrW"][0], g["lrW"][-1]) or le in (g["lrE"][0], g["lrE"][-1]),
+        }
         P["findings"] = findings(P, S, seeds)
-    S["curve"] = {f"{est}/{lrE:g}": {"step": raw["curve"][(est, lrE, seeds[0])]["curve_step"],
-                                     "mse": [raw["curve"][(est, lrE, s)]["curve_mse"] for s in seeds],
-                                     "entropy": [raw["curve"][(est, lrE, s)]["curve_entropy"] for s in seeds]}
-                  for est in ("ste", "rotation") for lrE in (0.2, c["protocols"]["converged"]["lrE"])}
-    S["curve"]["converged_steps"] = mean_std(S["converged"]["scaling"]["32"]["ste"]["steps_run"]
-                                             + S["converged"]["scaling"]["32"]["rotation"]["steps_run"])
+    S["curve"] = {
+        f"{est}/{lrE:g}": {
+            "step": raw["curve"][(est, lrE, seeds[0])]["curve_step"],
+            "mse": [raw["curve"][(est, lrE, s)]["curve_mse"] for s in seeds],
+            "entropy": [raw["curve"][(est, lrE, s)]["curve_entropy"] for s in seeds],
+        }
+        for est in ("ste", "rotation")
+        for lrE in (0.2, c["protocols"]["converged"]["lrE"])
+    }
+    S["curve"]["converged_steps"] = mean_std(
+        S["converged"]["scaling"]["32"]["ste"]["steps_run"]
+        + S["converged"]["scaling"]["32"]["rotation"]["steps_run"]
+    )
     gc = raw["gradcheck"]
     a, b = gc[("ste", "train")], gc[("numerical", "train")]
-    S["gradcheck"] = {"h": list(HS), **{est: [gc[("h", s)][est] for s in seeds] for est in ("ste", "rotation")},
-                      "train": {"steps": c["num_steps"], "batch": c["num_batch"], "seed": seeds[0],
-                                "loss_ste": a["loss"], "loss_numerical": b["loss"],
-                                "mse_ste": a["test"]["mse"], "mse_numerical": b["test"]["mse"],
-                                "mse_diff_pct": abs(pct(b["test"]["mse"], a["test"]["mse"])),
-                                "entropy_diff_pct": abs(pct(b["test"]["entropy"], a["test"]["entropy"]))}}
-    S["gradcheck"]["best_error"] = float(max(min(np.median([gc[("h", s)][est][i] for s in seeds])
-                                                 for i in range(len(HS))) for est in ("ste", "rotation")))
+    S["gradcheck"] = {
+        "h": list(HS),
+        **{est: [gc[("h", s)][est] for s in seeds] for est in ("ste", "rotation")},
+        "train": {
+            "steps": c["num_steps"],
+            "batch": c["num_batch"],
+            "seed": seeds[0],
+            "loss_ste": a["loss"],
+            "loss_numerical": b["loss"],
+            "mse_ste": a["test"]["mse"],
+            "mse_numerical": b["test"]["mse"],
+            "mse_diff_pct": abs(pct(b["test"]["mse"], a["test"]["mse"])),
+            "entropy_diff_pct": abs(pct(b["test"]["entropy"], a["test"]["entropy"])),
+        },
+    }
+    S["gradcheck"]["best_error"] = float(
+        max(
+            min(np.median([gc[("h", s)][est][i] for s in seeds]) for i in range(len(HS)))
+            for est in ("ste", "rotation")
+        )
+    )
     W = raw["wins"]
     S["wins"] = {}
     for K in KS:
         bK = [W[("baseline", K, s)]["test"]["mse"] for s in seeds]
         row = {"baseline": {"mse": mean_std(bK), "sin_to_pca": 0.0}}
         for key, runs in [("best", [W[("best", K, s)] for s in seeds])] + [
-                (f"{est}/{start}", [W[(est, start, K, s)] for s in seeds])
-                for est in ("ste", "rotation") for start in ("pca", "random")]:
+            (f"{est}/{start}", [W[(est, start, K, s)] for s in seeds])
+            for est in ("ste", "rotation")
+            for start in ("pca", "random")
+        ]:
             ok = [r for r in runs if not r.get("diverged")]
-            row[key] = {"mse": mean_std([r["test"]["mse"] for r in ok]),
-                        "change_pct": mean_std([pct(r["test"]["mse"], b) for r, b in zip(runs, bK)
-                                                if not r.get("diverged")]),
-                        "sin_to_pca": mean_std([r["test"]["sin_to_pca"] for r in ok]),
-                        "diverged": len(runs) - len(ok)}
+            row[key] = {
+                "mse": mean_std([r["test"]["mse"] for r in ok]),
+                "change_pct": mean_std(
+                    [pct(r["test"]["mse"], b) for r, b in zip(runs, bK) if not r.get("diverged")]
+                ),
+                "sin_to_pca": mean_std([r["test"]["sin_to_pca"] for r in ok]),
+                "diverged": len(runs) - len(ok),
+            }
         S["wins"][str(K)] = row
     return S
 
@@ -345,25 +511,41 @@ def findings(P, S, seeds):
     """The study's claims, measured under one protocol."""
     s32, sc = P["scaling"]["32"], P["scaling"]
     betas = [P["beta"][str(b)]["ste"]["mse"]["mean"] for b in BETAS]
-    share = min(sc[str(K)][m]["entropy"]["mean"] / np.log(K) for K in KS for m in ("ste", "rotation"))
-    return {"change_pct_ste": s32["ste"]["change_pct"]["mean"],
-            "change_pct_rotation": s32["rotation"]["change_pct"]["mean"],
-            "ste_vs_rotation_pct": abs(pct(s32["ste"]["mse"]["mean"], s32["rotation"]["mse"]["mean"])),
-            "beta_range_pct": 100.0 * (max(betas) - min(betas)) / min(betas),
-            "lowest_entropy_share_pct": 100.0 * min(share, min(S["baseline"][str(K)]["entropy"]["mean"] / np.log(K)
-                                                            for K in KS)),
-            "dead_codes_max": max(sc[str(K)][m]["dead_codes"]["max"] for K in KS for m in ("ste", "rotation")),
-            "entropy_share_K64_pct": 100.0 * sc["64"]["ste"]["entropy"]["mean"] / np.log(64),
-            "error_reduction_K8_K64_pct": 100.0 * (1 - sc["64"]["ste"]["mse"]["mean"] / sc["8"]["ste"]["mse"]["mean"])}
+    share = min(
+        sc[str(K)][m]["entropy"]["mean"] / np.log(K) for K in KS for m in ("ste", "rotation")
+    )
+    return {
+        "change_pct_ste": s32["ste"]["change_pct"]["mean"],
+        "change_pct_rotation": s32["rotation"]["change_pct"]["mean"],
+        "ste_vs_rotation_pct": abs(pct(s32["ste"]["mse"]["mean"], s32["rotation"]["mse"]["mean"])),
+        "beta_range_pct": 100.0 * (max(betas) - min(betas)) / min(betas),
+        "lowest_entropy_share_pct": 100.0
+        * min(share, min(S["baseline"][str(K)]["entropy"]["mean"] / np.log(K) for K in KS)),
+        "dead_codes_max": max(
+            sc[str(K)][m]["dead_codes"]["max"] for K in KS for m in ("ste", "rotation")
+        ),
+        "entropy_share_K64_pct": 100.0 * sc["64"]["ste"]["entropy"]["mean"] / np.log(64),
+        "error_reduction_K8_K64_pct": 100.0
+        * (1 - sc["64"]["ste"]["mse"]["mean"] / sc["8"]["ste"]["mse"]["mean"]),
+    }
 
 
 # ------------------------------------------------------------------ plots
 
+
 def band(ax, x, runs, key, label, proto="converged"):
-    y = np.array(runs)                                 # (seeds, len(x))
+    y = np.array(runs)  # (seeds, len(x))
     st = STYLE[key]
-    ax.plot(x, y.mean(0), color=st["color"], ls=PROTO_LS[proto], marker=st["marker"], markevery=max(1, len(x) // 8),
-            ms=4, label=label)
+    ax.plot(
+        x,
+        y.mean(0),
+        color=st["color"],
+        ls=PROTO_LS[proto],
+        marker=st["marker"],
+        markevery=max(1, len(x) // 8),
+        ms=4,
+        label=label,
+    )
     ax.fill_between(x, y.min(0), y.max(0), label=f"{label}: min-max over seeds", **fill_style(key))
 
 
@@ -377,41 +559,86 @@ def fill_style(key):
 
 def plot_all(S, out, n_seeds):
     import matplotlib
-    matplotlib.use("Agg")                              # headless: never opens a window
+
+    matplotlib.use("Agg")  # headless: never opens a window
     import matplotlib.pyplot as plt
-    plt.rcParams.update({"figure.dpi": 150, "savefig.dpi": 150, "font.size": 8, "axes.grid": True,
-                         "grid.alpha": 0.3, "legend.fontsize": 7})
+
+    plt.rcParams.update(
+        {
+            "figure.dpi": 150,
+            "savefig.dpi": 150,
+            "font.size": 8,
+            "axes.grid": True,
+            "grid.alpha": 0.3,
+            "legend.fontsize": 7,
+        }
+    )
     paths = {}
 
-    # 1. gradient check: (a) error vs h, (b) finite-difference vs manual training, difference on a log scale
+    # 1. gradient check: (a) error vs h, (b) finite-difference vs manual training,
+    #    their difference on a log scale
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     g = S["gradcheck"]
     for est in ("ste", "rotation"):
         errs = np.maximum(np.array(g[est]), 1e-17)
         st = STYLE[est]
-        a1.loglog(g["h"], np.median(errs, 0), color=st["color"], ls=st["ls"], marker=st["marker"],
-                  label=f"{LABELS[est]}: median")
-        a1.fill_between(g["h"], errs.min(0), errs.max(0), label=f"{LABELS[est]}: min-max over {len(errs)} points",
-                        **fill_style(est))
-    a1.axhline(vqref.GRAD_TOL, color="grey", ls="--", lw=1, label=f"test tolerance {vqref.GRAD_TOL:g}")
-    a1.set(xlabel="finite-difference step h", ylabel="max relative error, manual vs numerical",
-           title="(a) gradient error vs step h")
+        a1.loglog(
+            g["h"],
+            np.median(errs, 0),
+            color=st["color"],
+            ls=st["ls"],
+            marker=st["marker"],
+            label=f"{LABELS[est]}: median",
+        )
+        a1.fill_between(
+            g["h"],
+            errs.min(0),
+            errs.max(0),
+            label=f"{LABELS[est]}: min-max over {len(errs)} points",
+            **fill_style(est),
+        )
+    a1.axhline(
+        vqref.GRAD_TOL, color="grey", ls="--", lw=1, label=f"test tolerance {vqref.GRAD_TOL:g}"
+    )
+    a1.set(
+        xlabel="finite-difference step h",
+        ylabel="max relative error, manual vs numerical",
+        title="(a) gradient error vs step h",
+    )
     a1.legend()
     tr = g["train"]
-    d = np.abs(np.array(tr["loss_numerical"]) - np.array(tr["loss_ste"])) / np.array(tr["loss_ste"])
-    a2.semilogy(np.arange(1, len(d) + 1), np.maximum(d, 1e-17), color=STYLE["numerical"]["color"],
-                label="|loss(finite differences) - loss(manual)| / loss(manual)")
-    a2.axhline(STUDY["autograd_vs_manual_mse_pct"] / 100, color=STYLE["study"]["color"], ls="--",
-               label=f"study: autograd vs manual, final MSE {STUDY['autograd_vs_manual_mse_pct']}%")
-    a2.set(xlabel="training step", ylabel="relative difference of the batch loss",
-           title=f"(b) training with finite-difference vs manual gradients\n(seed {tr['seed']}, batch "
-                 f"{tr['batch']}, K=32; final held-out MSE differs by {tr['mse_diff_pct']:.1e}%)")
+    d = np.abs(np.array(tr["loss_numerical"]) - np.array(tr["loss_ste"])) / np.array(
+        tr["loss_ste"]
+    )
+    a2.semilogy(
+        np.arange(1, len(d) + 1),
+        np.maximum(d, 1e-17),
+        color=STYLE["numerical"]["color"],
+        label="|loss(finite differences) - loss(manual)| / loss(manual)",
+    )
+    a2.axhline(
+        STUDY["autograd_vs_manual_mse_pct"] / 100,
+        color=STYLE["study"]["color"],
+        ls="--",
+        label=f"study: autograd vs manual, final MSE {STUDY['autograd_vs_manual_mse_pct']}%",
+    )
+    a2.set(
+        xlabel="training step",
+        ylabel="relative difference of the batch loss",
+        title=f"(b) training with finite-difference vs manual gradients\n(seed {tr['seed']}, "
+              "batch "
+        f"{tr['batch']}, K=32; final held-out MSE differs by {tr['mse_diff_pct']:.1e}%)",
+    )
     a2.legend(loc="center right")
     paths["gradient_check"] = save(fig, out, "gradient_check.png")
 
-    # 2. convergence: both learning rates, the study's 300 steps and the converged protocol's stop marked
+    # 2. convergence: both learning rates; the study's 300 steps and the converged
+    #    protocol's stop marked
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    cv, lrEc = S["curve"], [k for k in S["curve"] if k.startswith("ste/") and k != "ste/0.2"][0].split("/")[1]
+    cv, lrEc = (
+        S["curve"],
+        [k for k in S["curve"] if k.startswith("ste/") and k != "ste/0.2"][0].split("/")[1],
+    )
     for est in ("ste", "rotation"):
         for lrE, proto in (("0.2", "study"), (lrEc, "converged")):
             c = cv[f"{est}/{lrE}"]
@@ -419,45 +646,103 @@ def plot_all(S, out, n_seeds):
                 band(ax, np.array(c["step"]), c[key], est, f"{LABELS[est]}, lrE={lrE}", proto)
     b32 = S["baseline"]["32"]
     for ax, key in ((a1, "mse"), (a2, "entropy")):
-        ax.axhline(b32[key]["mean"], color="black", ls="--", lw=1.2, label=f"{LABELS['baseline']} (mean)")
+        ax.axhline(
+            b32[key]["mean"], color="black", ls="--", lw=1.2, label=f"{LABELS['baseline']} (mean)"
+        )
         ax.axvline(300, color="grey", ls=":", lw=1, label="step 300 (the study's protocol ends)")
-        ax.axvline(cv["converged_steps"]["mean"], color="grey", ls="-.", lw=1,
-                   label="converged protocol stops (mean)")
+        ax.axvline(
+            cv["converged_steps"]["mean"],
+            color="grey",
+            ls="-.",
+            lw=1,
+            label="converged protocol stops (mean)",
+        )
     a2.axhline(np.log(32), color="grey", ls="-", lw=0.8, label="log K (maximum)")
     a1.set_ylim(b32["mse"]["mean"] * 0.97, b32["mse"]["mean"] * 1.12)
-    a1.set(xlabel="training step", ylabel="held-out reconstruction MSE", title="(a) held-out MSE, K=32")
-    a2.set(xlabel="training step", ylabel="usage entropy (nats)", title="(b) code usage entropy, held out")
+    a1.set(
+        xlabel="training step",
+        ylabel="held-out reconstruction MSE",
+        title="(a) held-out MSE, K=32",
+    )
+    a2.set(
+        xlabel="training step",
+        ylabel="usage entropy (nats)",
+        title="(b) code usage entropy, held out",
+    )
     a1.legend(ncol=2, fontsize=6), a2.legend(ncol=2, fontsize=6, loc="lower right")
     paths["convergence"] = save(fig, out, "convergence.png")
 
     # 3. codebook size: absolute MSE, and the paired change against the baseline
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
     st = STYLE["baseline"]
-    a1.errorbar(KS, [S["baseline"][str(K)]["mse"]["mean"] for K in KS], yerr=[S["baseline"][str(K)]["mse"]["std"] for K in KS],
-                color=st["color"], marker=st["marker"], capsize=3, label=LABELS["baseline"])
+    a1.errorbar(
+        KS,
+        [S["baseline"][str(K)]["mse"]["mean"] for K in KS],
+        yerr=[S["baseline"][str(K)]["mse"]["std"] for K in KS],
+        color=st["color"],
+        marker=st["marker"],
+        capsize=3,
+        label=LABELS["baseline"],
+    )
     for proto in PROTOCOLS:
         for est in ("ste", "rotation"):
             st = STYLE[est]
             y = [S[proto]["scaling"][str(K)][est] for K in KS]
-            off = 1.03 if est == "rotation" else 0.97                # side by side, both visible
+            off = 1.03 if est == "rotation" else 0.97  # side by side, both visible
             for ax, key in ((a1, "mse"), (a2, "change_pct")):
-                ax.errorbar([K * off for K in KS], [v[key]["mean"] for v in y], yerr=[v[key]["std"] for v in y],
-                            color=st["color"], marker=st["marker"], ls=PROTO_LS[proto], capsize=3,
-                            mfc="none" if proto == "study" else st["color"], label=f"{LABELS[est]}, {proto}")
-    a1.plot(KS, [STUDY["scaling_baseline"][K] for K in KS], marker="x", color=STYLE["study"]["color"], ls="none",
-            ms=8, label="study: baseline")
-    a1.plot(KS, [STUDY["scaling_ste"][K] for K in KS], marker="*", color=STYLE["study"]["color"], ls="none",
-            ms=8, label="study: manual STE")
-    a2.plot(KS, [STUDY["scaling_pct"][K] for K in KS], marker="*", color=STYLE["study"]["color"], ls="none",
-            ms=9, label="study: manual STE")
+                ax.errorbar(
+                    [K * off for K in KS],
+                    [v[key]["mean"] for v in y],
+                    yerr=[v[key]["std"] for v in y],
+                    color=st["color"],
+                    marker=st["marker"],
+                    ls=PROTO_LS[proto],
+                    capsize=3,
+                    mfc="none" if proto == "study" else st["color"],
+                    label=f"{LABELS[est]}, {proto}",
+                )
+    a1.plot(
+        KS,
+        [STUDY["scaling_baseline"][K] for K in KS],
+        marker="x",
+        color=STYLE["study"]["color"],
+        ls="none",
+        ms=8,
+        label="study: baseline",
+    )
+    a1.plot(
+        KS,
+        [STUDY["scaling_ste"][K] for K in KS],
+        marker="*",
+        color=STYLE["study"]["color"],
+        ls="none",
+        ms=8,
+        label="study: manual STE",
+    )
+    a2.plot(
+        KS,
+        [STUDY["scaling_pct"][K] for K in KS],
+        marker="*",
+        color=STYLE["study"]["color"],
+        ls="none",
+        ms=9,
+        label="study: manual STE",
+    )
     a2.axhline(0, color="black", ls="--", lw=1, label=LABELS["baseline"])
     for ax in (a1, a2):
         ax.set_xscale("log", base=2)
         ax.set_xticks(KS, [str(K) for K in KS])
         ax.legend(fontsize=6)
-    a1.set(xlabel="codebook size K", ylabel="held-out MSE", title=f"(a) MSE (mean ± std, {n_seeds} seeds)")
-    a2.set(xlabel="codebook size K", ylabel="MSE vs baseline, same seed (%)",
-           title="(b) change against PCA + Lloyd-Max, paired per seed (mean ± std)")
+    a1.set(
+        xlabel="codebook size K",
+        ylabel="held-out MSE",
+        title=f"(a) MSE (mean ± std, {n_seeds} seeds)",
+    )
+    a2.set(
+        xlabel="codebook size K",
+        ylabel="MSE vs baseline, same seed (%)",
+        title="(b) change against PCA + Lloyd-Max, paired per seed (mean ± std)",
+    )
     paths["codebook_scaling"] = save(fig, out, "codebook_scaling.png")
 
     # 4. commitment weight, paired change against the baseline
@@ -467,44 +752,80 @@ def plot_all(S, out, n_seeds):
             st = STYLE[est]
             y = [S[proto]["beta"][str(b)][est]["change_pct"] for b in BETAS]
             x = [b + (0.01 if est == "rotation" else -0.01) for b in BETAS]
-            ax.errorbar(x, [v["mean"] for v in y], yerr=[v["std"] for v in y], color=st["color"],
-                        marker=st["marker"], ls=PROTO_LS[proto], capsize=3,
-                        mfc="none" if proto == "study" else st["color"], label=f"{LABELS[est]}, {proto}")
-    ax.plot(list(STUDY["beta"]), [pct(v, STUDY["ranking_K32"]["baseline"]) for v in STUDY["beta"].values()],
-            marker="*", color=STYLE["study"]["color"], ls="none", ms=9, label="study (vs its baseline 2.4893)")
+            ax.errorbar(
+                x,
+                [v["mean"] for v in y],
+                yerr=[v["std"] for v in y],
+                color=st["color"],
+                marker=st["marker"],
+                ls=PROTO_LS[proto],
+                capsize=3,
+                mfc="none" if proto == "study" else st["color"],
+                label=f"{LABELS[est]}, {proto}",
+            )
+    ax.plot(
+        list(STUDY["beta"]),
+        [pct(v, STUDY["ranking_K32"]["baseline"]) for v in STUDY["beta"].values()],
+        marker="*",
+        color=STYLE["study"]["color"],
+        ls="none",
+        ms=9,
+        label="study (vs its baseline 2.4893)",
+    )
     ax.axhline(0, color="black", ls="--", lw=1, label=LABELS["baseline"])
-    ax.set(xlabel="commitment weight beta", ylabel="MSE vs baseline, same seed (%)",
-           title=f"MSE vs beta, K=32 (mean ± std over {n_seeds} seeds)")
+    ax.set(
+        xlabel="commitment weight beta",
+        ylabel="MSE vs baseline, same seed (%)",
+        title=f"MSE vs beta, K=32 (mean ± std over {n_seeds} seeds)",
+    )
     ax.legend(fontsize=6)
     paths["commitment_ablation"] = save(fig, out, "commitment_ablation.png")
 
     # 5. where learning wins: bimodal data
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in [("best", LABELS["best"])] + [(f"{e}/{s}", f"{LABELS[e]}, from {s.upper() if s == 'pca' else s}")
-                                                    for e in ("ste", "rotation") for s in ("pca", "random")]:
+    for key, label in [("best", LABELS["best"])] + [
+        (f"{e}/{s}", f"{LABELS[e]}, from {s.upper() if s == 'pca' else s}")
+        for e in ("ste", "rotation")
+        for s in ("pca", "random")
+    ]:
         e = key.split("/")[0]
         st = STYLE[e]
         ls = {"best": "-.", "pca": "-", "random": ":"}[key.split("/")[-1]]
         y = [S["wins"][str(K)][key] for K in KS]
         off = {"ste": 0.97, "rotation": 1.03}.get(e, 1.0)
         for ax, what in ((a1, "change_pct"), (a2, "sin_to_pca")):
-            ax.errorbar([K * off for K in KS], [v[what]["mean"] for v in y], yerr=[v[what]["std"] for v in y],
-                        color=st["color"], marker=st["marker"], ls=ls, capsize=3, label=label)
+            ax.errorbar(
+                [K * off for K in KS],
+                [v[what]["mean"] for v in y],
+                yerr=[v[what]["std"] for v in y],
+                color=st["color"],
+                marker=st["marker"],
+                ls=ls,
+                capsize=3,
+                label=label,
+            )
     a1.axhline(0, color="black", ls="--", lw=1, label=LABELS["baseline"])
     for ax in (a1, a2):
         ax.set_xscale("log", base=2)
         ax.set_xticks(KS, [str(K) for K in KS])
         ax.legend(fontsize=6)
-    a1.set(xlabel="codebook size K", ylabel="held-out MSE vs PCA + Lloyd-Max, same seed (%)",
-           title="(a) data with a bimodal direction: change against the baseline")
-    a2.set(xlabel="codebook size K", ylabel="sin of the largest angle to the PCA subspace",
-           title="(b) how far the encoder moved off the PCA subspace")
+    a1.set(
+        xlabel="codebook size K",
+        ylabel="held-out MSE vs PCA + Lloyd-Max, same seed (%)",
+        title="(a) data with a bimodal direction: change against the baseline",
+    )
+    a2.set(
+        xlabel="codebook size K",
+        ylabel="sin of the largest angle to the PCA subspace",
+        title="(b) how far the encoder moved off the PCA subspace",
+    )
     paths["where_learning_wins"] = save(fig, out, "where_learning_wins.png")
     return paths
 
 
 def save(fig, out, name):
     import matplotlib.pyplot as plt
+
     path = os.path.join(out, name)
     fig.tight_layout()
     fig.savefig(path)
@@ -513,6 +834,7 @@ def save(fig, out, name):
 
 
 # ----------------------------------------------------------------- README
+
 
 def pm(v, digits=4):
     return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}"
@@ -531,146 +853,335 @@ def readme_section(R, figdir="figures"):
     """The README's results section (markdown), computed from results.json alone."""
     S, meta = R["results"], R["meta"]
     n, cp = len(meta["seeds"]), meta["config"]["protocols"]
-    L = [f"Measured by `python figures.py` ({n} seeds, numpy {meta['numpy']}, {meta['date']}, "
-         f"{meta['seconds']:.0f} s on {meta['jobs']} processes); mean ± std over seeds, held-out data; "
-         f"\"vs baseline\" is paired per seed. *study*: {cp['study']['steps']} steps at lrE = {cp['study']['lrE']} (its settings); "
-         f"*converged*: lrE = {cp['converged']['lrE']} until the mean training loss of {cp['converged']['window']} "
-         f"steps improves by less than {cp['converged']['tol']:g} (at most {cp['converged']['steps']} steps). "
-         "Regenerate with `python figures.py --readme`.", ""]
+    L = [
+        f"Measured by `python figures.py` ({n} seeds, numpy {meta['numpy']}, {meta['date']}, "
+        f"{meta['seconds']:.0f} s on {meta['jobs']} processes); mean ± std over seeds, held-out "
+        "data; "
+        f"\"vs baseline\" is paired per seed. *study*: {cp['study']['steps']} steps at lrE = "
+        f"{cp['study']['lrE']} (its settings); "
+        f"*converged*: lrE = {cp['converged']['lrE']} until the mean training loss of "
+        f"{cp['converged']['window']} "
+        f"steps improves by less than {cp['converged']['tol']:g} (at most "
+        f"{cp['converged']['steps']} steps). "
+        "Regenerate with `python figures.py --readme`.",
+        "",
+    ]
     b = S["baseline"]
     its = ", ".join(f"K={K}: {min(b[str(K)]['n_iter'])}-{max(b[str(K)]['n_iter'])}" for K in KS)
     conv = all(b[str(K)]["all_converged"] for K in KS)
-    L += [f"The baseline's Lloyd runs {'all reached' if conv else 'did NOT all reach'} a fixed point; "
-          f"iterations per run: {its}.", ""]
-    L += ["### Ranking at K = 32", "",
-          "| method | study: MSE | study: vs baseline | vqref, study: MSE | vs baseline | "
-          "vqref, converged: MSE | vs baseline | steps |", "|---|---|---|---|---|---|---|---|",
-          f"| PCA + Lloyd-Max | {STUDY['ranking_K32']['baseline']} | baseline | {pm(b['32']['mse'])} | baseline "
-          f"| {pm(b['32']['mse'])} | baseline | {min(b['32']['n_iter'])}-{max(b['32']['n_iter'])} Lloyd it |",
-          f"| STE, autograd | {STUDY['ranking_K32']['autograd']} | {STUDY['ranking_pct']['autograd']:+.2f}% "
-          "| (finite-difference check instead) | | | | |"]
+    L += [
+        f"The baseline's Lloyd runs {'all reached' if conv else 'did NOT all reach'} a fixed "
+        "point; "
+        f"iterations per run: {its}.",
+        "",
+    ]
+    L += [
+        "### Ranking at K = 32",
+        "",
+        "| method | study: MSE | study: vs baseline | vqref, study: MSE | vs baseline | "
+        "vqref, converged: MSE | vs baseline | steps |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| PCA + Lloyd-Max | {STUDY['ranking_K32']['baseline']} | baseline | "
+        f"{pm(b['32']['mse'])} | baseline "
+        f"| {pm(b['32']['mse'])} | baseline | {min(b['32']['n_iter'])}-{max(b['32']['n_iter'])} "
+        "Lloyd it |",
+        f"| STE, autograd | {STUDY['ranking_K32']['autograd']} | "
+        f"{STUDY['ranking_pct']['autograd']:+.2f}% "
+        "| (finite-difference check instead) | | | | |",
+    ]
     for m in ("ste", "rotation"):
         st, cv = S["study"]["scaling"]["32"][m], S["converged"]["scaling"]["32"][m]
-        L.append(f"| {LABELS[m]} | {STUDY['ranking_K32'][m]} | {STUDY['ranking_pct'][m]:+.2f}% | {pm(st['mse'])} | "
-                 f"{pm_pct(st['change_pct'])} | {pm(cv['mse'])} | {pm_pct(cv['change_pct'])} | "
-                 f"{min(cv['steps_run'])}-{max(cv['steps_run'])} |")
+        L.append(
+            f"| {LABELS[m]} | {STUDY['ranking_K32'][m]} | {STUDY['ranking_pct'][m]:+.2f}% | "
+            f"{pm(st['mse'])} | "
+            f"{pm_pct(st['change_pct'])} | {pm(cv['mse'])} | {pm_pct(cv['change_pct'])} | "
+            f"{min(cv['steps_run'])}-{max(cv['steps_run'])} |"
+        )
     cs = S["curve"]["converged_steps"]
-    L += ["", f"![convergence]({figdir}/convergence.png)", "",
-          f"Held-out MSE and usage entropy at K = 32 for lrE = 0.2 (dotted: the study's rate, continued past its "
-          f"300 steps) and lrE = {cp['converged']['lrE']} (solid); the dotted vertical line is step 300, the dash-dot "
-          f"line the converged protocol's mean stop ({cs['mean']:.0f} steps); dashed horizontal: the baseline.", ""]
-    L += ["### Codebook size", "",
-          "| K | study: baseline | vqref: baseline | study: manual STE (vs baseline) | STE, study | "
-          "STE, converged | rotation, study | rotation, converged |", "|---|---|---|---|---|---|---|---|"]
+    L += [
+        "",
+        f"![convergence]({figdir}/convergence.png)",
+        "",
+        "Held-out MSE and usage entropy at K = 32 for lrE = 0.2 (dotted: the study's rate, "
+        "continued past its "
+        f"300 steps) and lrE = {cp['converged']['lrE']} (solid); the dotted vertical line is step "
+        "300, the dash-dot "
+        f"line the converged protocol's mean stop ({cs['mean']:.0f} steps); dashed horizontal: "
+        "the baseline.",
+        "",
+    ]
+    L += [
+        "### Codebook size",
+        "",
+        "| K | study: baseline | vqref: baseline | study: manual STE (vs baseline) | STE, study | "
+        "STE, converged | rotation, study | rotation, converged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for K in KS:
         r = {p: S[p]["scaling"][str(K)] for p in PROTOCOLS}
-        L.append(f"| {K} | {STUDY['scaling_baseline'][K]} | {pm(b[str(K)]['mse'], 3)} | {STUDY['scaling_ste'][K]} "
-                 f"({STUDY['scaling_pct'][K]:+.1f}%) | " + " | ".join(
-                     f"{pm_pct(r[p][m]['change_pct'])}" for m in ("ste", "rotation") for p in PROTOCOLS) + " |")
-    L += ["", "(The study's manual STE at K = 32 is 2.447 here and 2.4577 in its ranking table; both are shown "
-          "where it gave them.)", "", f"![codebook scaling]({figdir}/codebook_scaling.png)", ""]
-    L += ["### Commitment weight (K = 32, vs baseline)", "",
-          "| beta | study: MSE | STE, study | STE, converged | rotation, study | rotation, converged |",
-          "|---|---|---|---|---|---|"]
+        L.append(
+            f"| {K} | {STUDY['scaling_baseline'][K]} | {pm(b[str(K)]['mse'], 3)} | "
+            f"{STUDY['scaling_ste'][K]} "
+            f"({STUDY['scaling_pct'][K]:+.1f}%) | "
+            + " | ".join(
+                f"{pm_pct(r[p][m]['change_pct'])}" for m in ("ste", "rotation") for p in PROTOCOLS
+            )
+            + " |"
+        )
+    L += [
+        "",
+        "(The study's manual STE at K = 32 is 2.447 here and 2.4577 in its ranking table; both "
+        "are shown "
+        "where it gave them.)",
+        "",
+        f"![codebook scaling]({figdir}/codebook_scaling.png)",
+        "",
+    ]
+    L += [
+        "### Commitment weight (K = 32, vs baseline)",
+        "",
+        "| beta | study: MSE | STE, study | STE, converged | rotation, study | rotation, "
+        "converged |",
+        "|---|---|---|---|---|---|",
+    ]
     for bb in BETAS:
-        L.append(f"| {bb} | {STUDY['beta'].get(bb, '')} | " + " | ".join(
-            pm_pct(S[p]["beta"][str(bb)][m]["change_pct"]) for m in ("ste", "rotation") for p in PROTOCOLS) + " |")
+        L.append(
+            f"| {bb} | {STUDY['beta'].get(bb, '')} | "
+            + " | ".join(
+                pm_pct(S[p]["beta"][str(bb)][m]["change_pct"])
+                for m in ("ste", "rotation")
+                for p in PROTOCOLS
+            )
+            + " |"
+        )
     L += ["", f"![commitment ablation]({figdir}/commitment_ablation.png)", ""]
-    L += ["### Learning rates", "", "STE, K = 32, held-out MSE (mean over seeds); each grid was grown from 3 x 3 "
-          "until its best cell was inside it (lrW is capped at 0.4 by vqref's scale check).", ""]
+    L += [
+        "### Learning rates",
+        "",
+        "STE, K = 32, held-out MSE (mean over seeds); each grid was grown from 3 x 3 "
+        "until its best cell was inside it (lrW is capped at 0.4 by vqref's scale check).",
+        "",
+    ]
     for p in PROTOCOLS:
         g = S[p]["lr_grid"]
-        L += [f"**{p}** protocol:", "", "| lrW \\ lrE | " + " | ".join(f"{x:g}" for x in g["lrE"]) + " |",
-              "|---|" + "---|" * len(g["lrE"])]
+        L += [
+            f"**{p}** protocol:",
+            "",
+            "| lrW \\ lrE | " + " | ".join(f"{x:g}" for x in g["lrE"]) + " |",
+            "|---|" + "---|" * len(g["lrE"]),
+        ]
         for lw in g["lrW"]:
             cells = []
             for le in g["lrE"]:
                 c = g["cells"][f"{lw:g}/{le:g}"]
-                cells.append("diverged" if c["diverged"] == n else f"{c['mean']:.4f}"
-                             + (f" ({c['diverged']} diverged)" if c["diverged"] else ""))
+                cells.append(
+                    "diverged"
+                    if c["diverged"] == n
+                    else f"{c['mean']:.4f}"
+                    + (f" ({c['diverged']} diverged)" if c["diverged"] else "")
+                )
             L.append(f"| {lw:g} | " + " | ".join(cells) + " |")
         bst = g["best"]
-        L += ["", f"Best cell: lrW = {bst['lrW']:g}, lrE = {bst['lrE']:g} ({bst['mse']:.4f}; "
-              f"baseline {b['32']['mse']['mean']:.4f}), {'on the edge of the grid' if bst['on_edge'] else 'inside the grid'}.", ""]
+        L += [
+            "",
+            f"Best cell: lrW = {bst['lrW']:g}, lrE = {bst['lrE']:g} ({bst['mse']:.4f}; "
+            f"baseline {b['32']['mse']['mean']:.4f}), "
+            f"{'on the edge of the grid' if bst['on_edge'] else 'inside the grid'}.",
+            "",
+        ]
     gt, gc = S["gradcheck"]["train"], S["gradcheck"]
-    best_h = {est: gc["h"][int(np.argmin(np.median(gc[est], axis=0)))] for est in ("ste", "rotation")}
-    L += ["### Gradient check", "", f"![gradient check]({figdir}/gradient_check.png)", "",
-          f"(a) The median error over {len(gc['ste'])} random points is smallest at h = {best_h['ste']:.0e} (STE) and "
-          f"{best_h['rotation']:.0e} (rotation), where truncation and round-off error meet; there the manual gradients "
-          f"agree with finite differences to {gc['best_error']:.1e} or better. (b) Training with finite-difference "
-          f"gradients (seed {gt['seed']}, batch {gt['batch']}, {gt['steps']} steps) ends at held-out MSE "
-          f"{gt['mse_numerical']:.6f} against {gt['mse_ste']:.6f} for manual STE: {gt['mse_diff_pct']:.1e}% apart "
-          f"(usage entropy {gt['entropy_diff_pct']:.1e}%). The study compared its autograd and manual runs the same "
-          f"way, by final metrics: {STUDY['autograd_vs_manual_mse_pct']}% (MSE) and "
-          f"{STUDY['autograd_vs_manual_entropy_pct']}% (entropy).", ""]
-    L += ["### Where the gain comes from (eq. 18)", "",
-          "Held-out MSE = variance the projection loses + latent distortion, K = 32:", "",
-          "| model | MSE | variance lost | latent distortion |", "|---|---|---|---|"]
+    best_h = {
+        est: gc["h"][int(np.argmin(np.median(gc[est], axis=0)))] for est in ("ste", "rotation")
+    }
+    L += [
+        "### Gradient check",
+        "",
+        f"![gradient check]({figdir}/gradient_check.png)",
+        "",
+        f"(a) The median error over {len(gc['ste'])} random points is smallest at h = "
+        f"{best_h['ste']:.0e} (STE) and "
+        f"{best_h['rotation']:.0e} (rotation), where truncation and round-off error meet; there "
+        "the manual gradients "
+        f"agree with finite differences to {gc['best_error']:.1e} or better. (b) Training with "
+        "finite-difference "
+        f"gradients (seed {gt['seed']}, batch {gt['batch']}, {gt['steps']} steps) ends at "
+        "held-out MSE "
+        f"{gt['mse_numerical']:.6f} against {gt['mse_ste']:.6f} for manual STE: "
+        f"{gt['mse_diff_pct']:.1e}% apart "
+        f"(usage entropy {gt['entropy_diff_pct']:.1e}%). The study compared its autograd and "
+        "manual runs the same "
+        f"way, by final metrics: {STUDY['autograd_vs_manual_mse_pct']}% (MSE) and "
+        f"{STUDY['autograd_vs_manual_entropy_pct']}% (entropy).",
+        "",
+    ]
+    L += [
+        "### Where the gain comes from (eq. 18)",
+        "",
+        "Held-out MSE = variance the projection loses + latent distortion, K = 32:",
+        "",
+        "| model | MSE | variance lost | latent distortion |",
+        "|---|---|---|---|",
+    ]
     for p in PROTOCOLS:
         for m in ("ste", "rotation"):
             r = S[p]["scaling"]["32"][m]
-            L.append(f"| {LABELS[m]}, {p} | {pm(r['mse'])} | {pm(r['resid'])} | {pm(r['distortion'])} |")
+            L.append(
+                f"| {LABELS[m]}, {p} | {pm(r['mse'])} | {pm(r['resid'])} | {pm(r['distortion'])} |"
+            )
     md = {k: v.default for k, v in inspect.signature(vqref.make_data).parameters.items()}
-    L += ["", "### Where learning wins", "",
-          f"`make_data(n, bimodal=1)`: the Gaussian signal plus one direction carrying +-{md['sep']} (variance "
-          f"{1.01 * md['sep'] ** 2:.2f}, less than the weakest Gaussian direction's "
-          f"{md['scale'] * md['decay'] ** (md['rank'] - 1):.2f}), which PCA therefore leaves out. Converged protocol; change "
-          "of held-out MSE against PCA + Lloyd-Max on the same seed, and the sine of the largest principal angle "
-          "between the learned encoder and the PCA subspace (0: it stayed there).", "",
-          "| K | best subspace + Lloyd | STE from PCA | rotation from PCA | STE from random | rotation from random |",
-          "|---|---|---|---|---|---|"]
+    L += [
+        "",
+        "### Where learning wins",
+        "",
+        "`make_data(n, bimodal=1)`: the Gaussian signal plus one direction carrying "
+        f"+-{md['sep']} (variance "
+        f"{1.01 * md['sep'] ** 2:.2f}, less than the weakest Gaussian direction's "
+        f"{md['scale'] * md['decay'] ** (md['rank'] - 1):.2f}), which PCA therefore leaves out. "
+        "Converged protocol; change "
+        "of held-out MSE against PCA + Lloyd-Max on the same seed, and the sine of the largest "
+        "principal angle "
+        "between the learned encoder and the PCA subspace (0: it stayed there).",
+        "",
+        "| K | best subspace + Lloyd | STE from PCA | rotation from PCA | STE from random | "
+        "rotation from random |",
+        "|---|---|---|---|---|---|",
+    ]
     for K in KS:
         w = S["wins"][str(K)]
-        L.append(f"| {K} | {pm_pct(w['best']['change_pct'])} | " + " | ".join(
-            f"{pm_pct(w[k]['change_pct'])} (sin {w[k]['sin_to_pca']['mean']:.2f})"
-            + (f", {w[k]['diverged']} diverged" if w[k]["diverged"] else "")
-            for k in ("ste/pca", "rotation/pca", "ste/random", "rotation/random")) + " |")
+        L.append(
+            f"| {K} | {pm_pct(w['best']['change_pct'])} | "
+            + " | ".join(
+                f"{pm_pct(w[k]['change_pct'])} (sin {w[k]['sin_to_pca']['mean']:.2f})"
+                + (f", {w[k]['diverged']} diverged" if w[k]["diverged"] else "")
+                for k in ("ste/pca", "rotation/pca", "ste/random", "rotation/random")
+            )
+            + " |"
+        )
     W = S["wins"]
-    pca_sin = max(max(W[str(K)][f"{e}/pca"]["sin_to_pca"]["per_seed"]) for K in KS for e in ("ste", "rotation"))
-    off = {e: [(c, bc) for K in KS for x, c, bc in zip(W[str(K)][f"{e}/random"]["sin_to_pca"]["per_seed"],
-                                                      W[str(K)][f"{e}/random"]["change_pct"]["per_seed"],
-                                                      W[str(K)]["best"]["change_pct"]["per_seed"]) if x > 0.5]
-           for e in ("ste", "rotation")}
+    pca_sin = max(
+        max(W[str(K)][f"{e}/pca"]["sin_to_pca"]["per_seed"])
+        for K in KS
+        for e in ("ste", "rotation")
+    )
+    off = {
+        e: [
+            (c, bc)
+            for K in KS
+            for x, c, bc in zip(
+                W[str(K)][f"{e}/random"]["sin_to_pca"]["per_seed"],
+                W[str(K)][f"{e}/random"]["change_pct"]["per_seed"],
+                W[str(K)]["best"]["change_pct"]["per_seed"],
+            )
+            if x > 0.5
+        ]
+        for e in ("ste", "rotation")
+    }
     left = {e: len(v) for e, v in off.items()}
     beat = {e: sum(c <= bc for c, bc in v) for e, v in off.items()}
     share = {e: np.mean([c / bc for c, bc in v]) if v else float("nan") for e, v in off.items()}
     runs = len(KS) * len(W["8"]["ste/random"]["sin_to_pca"]["per_seed"])
-    L += ["", f"From the PCA start neither estimator leaves the PCA subspace (largest sine over all runs "
-          f"{pca_sin:.2f}): there the reconstruction part of the encoder's gradient vanishes (eq. 18, point 2) "
-          f"and the commitment term alone does not move it. From a random orthonormal start, {left['ste']} of "
-          f"{runs} STE runs and {left['rotation']} of {runs} rotation runs end away from it (sine above 0.5); "
-          f"those gain on average {100 * share['ste']:.0f}% (STE) and {100 * share['rotation']:.0f}% (rotation) of "
-          f"what the best subspace gains on the same seed, and {beat['ste']} (STE) and {beat['rotation']} "
-          "(rotation) of them match or beat it (the reference is Lloyd on the best 4 of the top 5 principal "
-          "directions, so a learned encoder or codebook can do a little better).", "",
-          f"![where learning wins]({figdir}/where_learning_wins.png)", ""]
-    L += ["### The study's findings, checked", "",
-          "| study's finding | criterion | study protocol | verdict | converged protocol | verdict |",
-          "|---|---|---|---|---|---|"]
+    L += [
+        "",
+        "From the PCA start neither estimator leaves the PCA subspace (largest sine over all "
+        "runs "
+        f"{pca_sin:.2f}): there the reconstruction part of the encoder's gradient vanishes (eq. "
+        "18, point 2) "
+        "and the commitment term alone does not move it. From a random orthonormal start, "
+        f"{left['ste']} of "
+        f"{runs} STE runs and {left['rotation']} of {runs} rotation runs end away from it (sine "
+        "above 0.5); "
+        f"those gain on average {100 * share['ste']:.0f}% (STE) and "
+        f"{100 * share['rotation']:.0f}% (rotation) of "
+        f"what the best subspace gains on the same seed, and {beat['ste']} (STE) and "
+        f"{beat['rotation']} "
+        "(rotation) of them match or beat it (the reference is Lloyd on the best 4 of the top 5 "
+        "principal "
+        "directions, so a learned encoder or codebook can do a little better).",
+        "",
+        f"![where learning wins]({figdir}/where_learning_wins.png)",
+        "",
+    ]
+    L += [
+        "### The study's findings, checked",
+        "",
+        "| study's finding | criterion | study protocol | verdict | converged protocol | verdict "
+        "|",
+        "|---|---|---|---|---|---|",
+    ]
     F = {p: S[p]["findings"] for p in PROTOCOLS}
     rows = [
-        ("gradient methods beat the baseline by 1-2% at K=32", "STE and rotation each between -2% and -1%",
-         lambda f: f"STE {f['change_pct_ste']:+.2f}%, rotation {f['change_pct_rotation']:+.2f}%",
-         lambda f: max(abs(f["change_pct_ste"] + 1.5), abs(f["change_pct_rotation"] + 1.5)), 0, 0.5),
-        ("STE and rotation within 0.02%", "0% to 0.02%", lambda f: f"{f['ste_vs_rotation_pct']:.3f}%",
-         lambda f: f["ste_vs_rotation_pct"], 0, 0.02),
-        ("beta in [0, 1] moves MSE by about 0.2%", "0.1% to 0.4%", lambda f: f"{f['beta_range_pct']:.2f}% (STE)",
-         lambda f: f["beta_range_pct"], 0.1, 0.4),
-        ("usage entropy above 98% of log K", "lowest share 98% to 100%",
-         lambda f: f"lowest {f['lowest_entropy_share_pct']:.1f}%", lambda f: f["lowest_entropy_share_pct"], 98, 100),
-        ("no dead codes", "0 dead codes in every run", lambda f: f"at most {f['dead_codes_max']:.0f}",
-         lambda f: f["dead_codes_max"], 0, 0),
-        ("K=64 uses 98.7% of log K", "97.7% to 99.7%", lambda f: f"{f['entropy_share_K64_pct']:.1f}% (STE)",
-         lambda f: f["entropy_share_K64_pct"], 97.7, 99.7),
-        ("error down by about half (48%) from K=8 to K=64", "40% to 56%",
-         lambda f: f"{f['error_reduction_K8_K64_pct']:.1f}% (STE)", lambda f: f["error_reduction_K8_K64_pct"], 40, 56),
+        (
+            "gradient methods beat the baseline by 1-2% at K=32",
+            "STE and rotation each between -2% and -1%",
+            lambda f: f"STE {f['change_pct_ste']:+.2f}%, rotation "
+                      f"{f['change_pct_rotation']:+.2f}%",
+            lambda f: max(abs(f["change_pct_ste"] + 1.5), abs(f["change_pct_rotation"] + 1.5)),
+            0,
+            0.5,
+        ),
+        (
+            "STE and rotation within 0.02%",
+            "0% to 0.02%",
+            lambda f: f"{f['ste_vs_rotation_pct']:.3f}%",
+            lambda f: f["ste_vs_rotation_pct"],
+            0,
+            0.02,
+        ),
+        (
+            "beta in [0, 1] moves MSE by about 0.2%",
+            "0.1% to 0.4%",
+            lambda f: f"{f['beta_range_pct']:.2f}% (STE)",
+            lambda f: f["beta_range_pct"],
+            0.1,
+            0.4,
+        ),
+        (
+            "usage entropy above 98% of log K",
+            "lowest share 98% to 100%",
+            lambda f: f"lowest {f['lowest_entropy_share_pct']:.1f}%",
+            lambda f: f["lowest_entropy_share_pct"],
+            98,
+            100,
+        ),
+        (
+            "no dead codes",
+            "0 dead codes in every run",
+            lambda f: f"at most {f['dead_codes_max']:.0f}",
+            lambda f: f["dead_codes_max"],
+            0,
+            0,
+        ),
+        (
+            "K=64 uses 98.7% of log K",
+            "97.7% to 99.7%",
+            lambda f: f"{f['entropy_share_K64_pct']:.1f}% (STE)",
+            lambda f: f["entropy_share_K64_pct"],
+            97.7,
+            99.7,
+        ),
+        (
+            "error down by about half (48%) from K=8 to K=64",
+            "40% to 56%",
+            lambda f: f"{f['error_reduction_K8_K64_pct']:.1f}% (STE)",
+            lambda f: f["error_reduction_K8_K64_pct"],
+            40,
+            56,
+        ),
     ]
     for claim, crit, shown, value, lo, hi in rows:
-        L.append(f"| {claim} | {crit} | " + " | ".join(f"{shown(F[p])} | {verdict(value(F[p]), lo, hi)}"
-                                                       for p in PROTOCOLS) + " |")
-    L.append(f"| manual STE matches autograd (final MSE within 0.46%, max error 1.4%) | final MSE of manual vs "
-             f"finite-difference training 0% to 1.4% apart | {gt['mse_diff_pct']:.1e}% (either protocol's "
-             f"gradients) | {verdict(gt['mse_diff_pct'], 0, 1.4)} | same | {verdict(gt['mse_diff_pct'], 0, 1.4)} |")
+        L.append(
+            f"| {claim} | {crit} | "
+            + " | ".join(f"{shown(F[p])} | {verdict(value(F[p]), lo, hi)}" for p in PROTOCOLS)
+            + " |"
+        )
+    L.append(
+        "| manual STE matches autograd (final MSE within 0.46%, max error 1.4%) | final MSE of "
+        "manual vs "
+        f"finite-difference training 0% to 1.4% apart | {gt['mse_diff_pct']:.1e}% (either "
+        "protocol's "
+        f"gradients) | {verdict(gt['mse_diff_pct'], 0, 1.4)} | same | "
+        f"{verdict(gt['mse_diff_pct'], 0, 1.4)} |"
+    )
     L.append("")
     return "\n".join(L)
 
@@ -680,8 +1191,11 @@ def update_readme(results_path, readme="README.md"):
         R = json.load(fh)
     text = open(readme).read()
     figdir = os.path.relpath(os.path.dirname(results_path) or ".", os.path.dirname(readme) or ".")
-    new = ("<!-- results:begin (generated by figures.py --readme; do not edit) -->\n"
-           + readme_section(R, figdir) + "\n<!-- results:end -->")
+    new = (
+        "<!-- results:begin (generated by figures.py --readme; do not edit) -->\n"
+        + readme_section(R, figdir)
+        + "\n<!-- results:end -->"
+    )
     pattern = r"<!-- results:begin.*?-->.*?<!-- results:end -->"
     if not re.search(pattern, text, flags=re.S):
         raise SystemExit(f"{readme} has no results markers")
@@ -691,16 +1205,27 @@ def update_readme(results_path, readme="README.md"):
 
 # ------------------------------------------------------------------- main
 
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="figures", help="output folder (default figures)")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per experiment (default 5; 2 with --quick)")
+    p.add_argument(
+        "--seeds", type=int, default=None, help="seeds per experiment (default 5; 2 with --quick)"
+    )
     p.add_argument("--quick", action="store_true", help="reduced run for CI")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="worker processes (default: up to 2)")
-    p.add_argument("--readme", action="store_true",
-                   help="only rewrite README.md's results section from OUT/results.json")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="worker processes (default: up to 2)",
+    )
+    p.add_argument(
+        "--readme",
+        action="store_true",
+        help="only rewrite README.md's results section from OUT/results.json",
+    )
     a = p.parse_args(argv)
     if a.readme:
         update_readme(os.path.join(a.out, "results.json"))
@@ -716,16 +1241,30 @@ def main(argv=None):
     t0 = time.perf_counter()
     raw = run_all(c, list(range(seeds)), a.jobs, lambda msg: print(msg, flush=True))
     S = summarize(raw, c, list(range(seeds)))
-    R = {"meta": {"numpy": np.__version__, "vqref": vqref.__version__, "date": datetime.date.today().isoformat(),
-                  "seeds": list(range(seeds)), "quick": a.quick, "jobs": a.jobs, "config": c,
-                  "study": {k: {str(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v
-                            for k, v in STUDY.items()}},
-         "results": S}
+    R = {
+        "meta": {
+            "numpy": np.__version__,
+            "vqref": vqref.__version__,
+            "date": datetime.date.today().isoformat(),
+            "seeds": list(range(seeds)),
+            "quick": a.quick,
+            "jobs": a.jobs,
+            "config": c,
+            "study": {
+                k: {str(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v
+                for k, v in STUDY.items()
+            },
+        },
+        "results": S,
+    }
     paths = plot_all(S, a.out, seeds)
     R["meta"]["seconds"] = time.perf_counter() - t0
     with open(os.path.join(a.out, "results.json"), "w") as fh:
         json.dump(R, fh, indent=1)
-    print(f"wrote {', '.join(sorted(paths.values()))} and {a.out}/results.json in {R['meta']['seconds']:.1f} s")
+    print(
+        f"wrote {', '.join(sorted(paths.values()))} and {a.out}/results.json in "
+        f"{R['meta']['seconds']:.1f} s"
+    )
     return R
 
 

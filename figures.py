@@ -701,33 +701,15 @@ def plot_all(S, out, n_seeds):
                     mfc="none" if proto == "study" else st["color"],
                     label=f"{LABELS[est]}, {proto}",
                 )
-    a1.plot(
-        KS,
-        [STUDY["scaling_baseline"][K] for K in KS],
-        marker="x",
-        color=STYLE["study"]["color"],
-        ls="none",
-        ms=8,
-        label="study: baseline",
+    study_points = (  # axes, the study's numbers, marker, size, label
+        (a1, "scaling_baseline", "x", 8, "study: baseline"),
+        (a1, "scaling_ste", "*", 8, "study: manual STE"),
+        (a2, "scaling_pct", "*", 9, "study: manual STE"),
     )
-    a1.plot(
-        KS,
-        [STUDY["scaling_ste"][K] for K in KS],
-        marker="*",
-        color=STYLE["study"]["color"],
-        ls="none",
-        ms=8,
-        label="study: manual STE",
-    )
-    a2.plot(
-        KS,
-        [STUDY["scaling_pct"][K] for K in KS],
-        marker="*",
-        color=STYLE["study"]["color"],
-        ls="none",
-        ms=9,
-        label="study: manual STE",
-    )
+    for ax, key, marker, size, label in study_points:
+        values = [STUDY[key][K] for K in KS]
+        ax.plot(KS, values, marker=marker, color=STYLE["study"]["color"], ls="none", ms=size,
+                label=label)
     a2.axhline(0, color="black", ls="--", lw=1, label=LABELS["baseline"])
     for ax in (a1, a2):
         ax.set_xscale("log", base=2)

@@ -1,9 +1,16 @@
 """Benchmark vqref against a PyTorch autograd loop and scikit-learn's k-means.
 
-    python bench.py                   # everything, at 1 and at 2 threads (about 6 minutes)
-    python bench.py --threads 1       # one thread count only
-    python bench.py --quick           # tiny sizes: a smoke test (CI)
-    python bench.py --json out.json   # also write the raw figures
+    python3 bench.py                  # everything, at 1 and at 2 threads (about 6 minutes)
+    python3 bench.py --markdown       # the same, then write BENCHMARKS.md and README's table
+    python3 bench.py --threads 1      # one thread count only
+    python3 bench.py --only lloyd     # some of: training, lloyd, scale, suite
+    python3 bench.py --quick          # tiny sizes: a smoke test (CI)
+    python3 bench.py --json out.json  # also write the raw figures
+    python3 bench.py --from out.json --markdown   # write the tables from saved figures
+
+``--markdown`` replaces what lies between the ``<!-- bench:begin -->`` and
+``<!-- bench:end -->`` markers in BENCHMARKS.md (every table, per-run ranges, 1 against
+2 threads) and in README.md (one row per race), so that no timing is typed by hand.
 
 Each comparison runs both sides in one process, alternating, after a warm-up, each run
 after a short pause (see race), and reports the median time of each and their ratio.
@@ -42,6 +49,7 @@ if THREADS is not None:
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import re  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -75,12 +83,8 @@ def race(a, b, repeats):
     """Median seconds of a() and b(), run alternately after one warm-up each.
 
     Each run starts after a pause of PAUSE seconds. A BLAS or OpenMP library keeps its
-    idle worker threads spinning for a while after a threaded call, and without the pause
-    those threads of one side compete with the next run of the other: on 2 threads,
-    scikit-learn's k-means ran about 20% slower when it started right after vqref's
-    lloyd_max, about 8% slower 0.05 s after it, about 3% slower 0.2 s after it, and about
-    5% slower right after it when vqref's BLAS had been limited to one thread (README,
-    "Threads").
+    idle worker threads spinning for a moment after a threaded call; without the pause
+    those threads of one side compete with the next run of the other and slow it.
     """
     ta, tb = [], []
     for i in range(repeats + 1):
@@ -205,6 +209,7 @@ def bench_training(quick, repeats, results):
     if torch is None:
         return
     torch.set_num_threads(int(THREADS))
+    results["machine"]["torch"] = torch.__version__
     settings = (
         [dict(D=64, m=4, K=32, B=256, steps=20, N=2000)]
         if quick
@@ -279,11 +284,13 @@ def bench_lloyd(quick, repeats, results):
         return
     from sklearn.cluster import KMeans
 
+    results["machine"]["scikit-learn"] = sklearn.__version__
+
     N = 5000 if quick else 100_000
     X = vqref.make_data(N, 64, seed=0)
     Z = np.ascontiguousarray(X @ vqref.pca(X, 4))  # (N, 4)
     print(
-        f"{'N, m, K':<16} {'iterations':<11} {'vqref':>8} {'sklearn':>8} {'vqref/sklearn':>13} "
+        f"{'N, m, K':<16} {'iterations':<11} {'vqref':>8} {'sklearn':>8} {'sklearn/vqref':>13} "
         f"{'iters':>9} {'max|E - E_sk|':>13}"
     )
     for K in ((16,) if quick else (32, 256)):
@@ -306,7 +313,7 @@ def bench_lloyd(quick, repeats, results):
             diff = float(np.abs(E - km.cluster_centers_).max())
             what = "to the end" if cap > 60 else "60"
             print(
-                f"{f'{N}, 4, {K}':<16} {what:<11} {tv:7.3f}s {ts:7.3f}s {tv / ts:12.2f}x "
+                f"{f'{N}, 4, {K}':<16} {what:<11} {tv:7.3f}s {ts:7.3f}s {ts / tv:12.2f}x "
                 f"{info['n_iter']:4d}/{km.n_iter_:<4d} {diff:13.1e}",
                 flush=True,
             )
@@ -319,7 +326,7 @@ def bench_lloyd(quick, repeats, results):
                     threads=int(THREADS),
                     vqref_s=tv,
                     sklearn_s=ts,
-                    ratio_vqref_over_sklearn=tv / ts,
+                    ratio_sklearn_over_vqref=ts / tv,
                     vqref_iter=info["n_iter"],
                     sklearn_iter=int(km.n_iter_),
                     converged=info["converged"],
@@ -413,12 +420,360 @@ def bench_suite(quick, results):
             results.setdefault("suite", []).append(dict(command="python " + shown, seconds=sec))
 
 
+# --------------------------------------------------------------- markdown
+
+PEERS = ("torch", "scikit-learn")
+
+
+def _machine(run):
+    info = run["machine"]
+    parts = [f"{info['cpu']}, {info['cores']} cores"]
+    parts += [f"Python {info['python']}", f"numpy {info['numpy']}"]
+    parts += [f"{peer} {info[peer]}" for peer in PEERS if peer in info]
+    return ", ".join(parts)
+
+
+def _seconds(sec):
+    return f"{sec:.3f} s"
+
+
+def _spread(times):
+    return f"{min(times):.3f}-{max(times):.3f}"
+
+
+def _mb(nbytes):
+    return f"{nbytes / 2**20:.1f} MB"
+
+
+def _training_name(row):
+    return f"D={row['D']} m={row['m']} K={row['K']} B={row['B']}, {row['steps']} steps"
+
+
+def _lloyd_name(row):
+    until = "to its fixed point" if row["max_iter"] > 60 else "60 iterations"
+    return f"N={row['N']} m={row['m']} K={row['K']}, {until}"
+
+
+def races(run):
+    """One dict per race of a run: its name, both sides' median seconds and the peer."""
+    out = []
+    for row in run.get("training", []):
+        out.append(
+            dict(
+                race="training",
+                setting=f"train, {row['estimator']}: {_training_name(row)}",
+                vqref_s=row["vqref_s"],
+                peer="PyTorch autograd",
+                peer_s=row["torch_s"],
+                threads=row["threads"],
+            )
+        )
+    for row in run.get("lloyd", []):
+        out.append(
+            dict(
+                race="lloyd",
+                setting=f"lloyd_max: {_lloyd_name(row)}",
+                vqref_s=row["vqref_s"],
+                peer="scikit-learn KMeans",
+                peer_s=row["sklearn_s"],
+                threads=row["threads"],
+            )
+        )
+    return out
+
+
+def _table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def readme_table(runs):
+    """README's performance table: one row per race, at the fewest threads measured."""
+    fewest = min(run["machine"]["threads"] for run in runs)
+    run = next(run for run in runs if run["machine"]["threads"] == fewest)
+    rows = [
+        [
+            r["setting"],
+            _seconds(r["vqref_s"]),
+            f"{_seconds(r['peer_s'])} ({r['peer']})",
+            f"{r['peer_s'] / r['vqref_s']:.2f}",
+            r["threads"],
+        ]
+        for r in races(run)
+    ]
+    header = ["race", "vqref", "peer", "peer / vqref", "threads"]
+    intro = (
+        f"Median seconds, on {_machine(run)}, {run['date']}"
+        f"{' (--quick sizes)' if run['quick'] else ''}; a ratio above 1 means vqref is faster."
+    )
+    return intro + "\n\n" + _table(header, rows)
+
+
+def _training_section(run):
+    rows = [
+        [
+            _training_name(r),
+            r["estimator"],
+            _seconds(r["vqref_s"]),
+            _spread(r["vqref_times"]),
+            _seconds(r["torch_s"]),
+            _spread(r["torch_times"]),
+            f"{r['torch_s'] / r['vqref_s']:.2f}",
+            f"{r['max_abs_diff_after_3_steps']:.1e}",
+            _mb(r["vqref_peak_bytes"]),
+            _mb(r["torch_peak_bytes"]),
+            _seconds(r["init_s"]),
+        ]
+        for r in run.get("training", [])
+    ]
+    header = [
+        "setting",
+        "estimator",
+        "vqref",
+        "vqref runs (s)",
+        "PyTorch",
+        "PyTorch runs (s)",
+        "PyTorch / vqref",
+        "max diff after 3 steps",
+        "memory vqref",
+        "memory PyTorch",
+        "init (once)",
+    ]
+    return _table(header, rows)
+
+
+def _lloyd_section(run):
+    rows = [
+        [
+            _lloyd_name(r),
+            _seconds(r["vqref_s"]),
+            _spread(r["vqref_times"]),
+            _seconds(r["sklearn_s"]),
+            _spread(r["sklearn_times"]),
+            f"{r['sklearn_s'] / r['vqref_s']:.2f}",
+            f"{r['vqref_iter']} / {r['sklearn_iter']}",
+            f"{r['max_abs_codebook_diff']:.1e}",
+        ]
+        for r in run.get("lloyd", [])
+    ]
+    header = [
+        "setting",
+        "vqref",
+        "vqref runs (s)",
+        "scikit-learn",
+        "scikit-learn runs (s)",
+        "scikit-learn / vqref",
+        "iterations vqref / scikit-learn",
+        "max codebook diff",
+    ]
+    return _table(header, rows)
+
+
+def _threads_section(runs):
+    counts = [run["machine"]["threads"] for run in runs]
+    by_count = {run["machine"]["threads"]: races(run) for run in runs}
+    header = ["race"]
+    for n in counts:
+        header += [f"vqref, {n} thr", f"peer, {n} thr"]
+    rows = []
+    for i, first in enumerate(by_count[counts[0]]):
+        row = [first["setting"]]
+        for n in counts:
+            r = by_count[n][i]
+            row += [_seconds(r["vqref_s"]), _seconds(r["peer_s"])]
+        rows.append(row)
+    return _table(header, rows)
+
+
+def _scale_section(run):
+    rows = [
+        [
+            r["run"],
+            _mb(r["data_bytes"]),
+            f"{r['seconds']:.2f} s",
+            _mb(r["peak_bytes"]),
+            _mb(r["bound_bytes"]),
+            "yes" if r["peak_bytes"] <= r["bound_bytes"] else "NO",
+        ]
+        for r in run["scale"]
+    ]
+    header = ["run", "data", "time", "peak memory", "bound", "within"]
+    return _table(header, rows)
+
+
+def _suite_section(run):
+    rows = [[f"`{r['command']}`", f"{r['seconds']:.1f} s"] for r in run["suite"]]
+    return _table(["command", "wall time"], rows)
+
+
+def _threads_name(n):
+    return "1 thread" if n == 1 else f"{n} threads"
+
+
+def _race_section(run, name, title, render, peer):
+    """One race's table, or why it is missing; None when the run left the race out."""
+    if name not in run.get("sections", SECTIONS):
+        return None
+    if name not in run:
+        return f"### {title}\n\n(not run: {peer} is not installed)"
+    first = run[name][0]
+    runs = len(first["vqref_times"])
+    return f"### {title}\n\nMedian of {runs} timed runs after a warm-up.\n\n" + render(run)
+
+
+def benchmarks_markdown(runs):
+    """BENCHMARKS.md's generated part: every table of every run."""
+    parts = [
+        f"Generated by `bench.py --markdown` on {_machine(runs[0])}, {runs[0]['date']}"
+        f"{' (--quick sizes)' if runs[0]['quick'] else ''}. Times are medians; "
+        '"runs" gives the fastest and slowest of the timed runs; a ratio above 1 means '
+        "vqref is faster."
+    ]
+    for run in runs:
+        tables = [
+            _race_section(
+                run,
+                "training",
+                "Training: `vqref.train` against a PyTorch autograd loop",
+                _training_section,
+                "PyTorch",
+            ),
+            _race_section(
+                run,
+                "lloyd",
+                "Lloyd-Max: `vqref.lloyd_max` against scikit-learn's "
+                '`KMeans(algorithm="lloyd")`, same initial codebook',
+                _lloyd_section,
+                "scikit-learn",
+            ),
+        ]
+        tables = [table for table in tables if table is not None]
+        if tables:
+            parts.append(f"## {_threads_name(run['machine']['threads'])}")
+            parts += tables
+    race_counts = {len(races(run)) for run in runs}
+    if len(runs) > 1 and len(race_counts) == 1 and 0 not in race_counts:
+        parts.append("## Threads compared (medians)\n\n" + _threads_section(runs))
+    for run in runs:
+        threads = _threads_name(run["machine"]["threads"])
+        if "scale" in run:
+            parts.append(
+                f"## Scale ({threads}): time and peak memory (tracemalloc) against "
+                "2 x data + 256 MB\n\n" + _scale_section(run)
+            )
+        if "suite" in run:
+            parts.append(
+                "## Scripts: wall time in fresh processes, their own thread settings\n\n"
+                + _suite_section(run)
+            )
+    return "\n\n".join(parts)
+
+
+def write_between(path, body):
+    """Replace the text between ``<!-- bench:begin ... -->`` and ``<!-- bench:end -->``."""
+    with open(path) as fh:
+        text = fh.read()
+    pattern = r"<!-- bench:begin.*?-->.*?<!-- bench:end -->"
+    if not re.search(pattern, text, flags=re.S):
+        raise SystemExit(f"{path} has no <!-- bench:begin --> ... <!-- bench:end --> markers")
+    block = (
+        "<!-- bench:begin (generated by bench.py --markdown; do not edit) -->\n"
+        + body
+        + "\n<!-- bench:end -->"
+    )
+    with open(path, "w") as fh:
+        fh.write(re.sub(pattern, lambda _: block, text, flags=re.S))
+
+
+def write_markdown(runs, benchmarks, readme):
+    write_between(benchmarks, benchmarks_markdown(runs))
+    write_between(readme, readme_table(runs))
+
+
+# ------------------------------------------------------------------- main
+
+SECTIONS = ("training", "lloyd", "scale", "suite")
+
+
+def _sections(text):
+    chosen = [name.strip() for name in text.split(",")]
+    unknown = [name for name in chosen if name not in SECTIONS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown section {unknown[0]!r}: choose from {', '.join(SECTIONS)}"
+        )
+    return chosen
+
+
+def run_children(a):
+    """Run each thread count in its own process; return their results, 1 thread first."""
+    runs = []
+    for n in (1, 2):
+        # scale and the scripts' wall time run once, at 2 threads
+        only = [name for name in a.only if n == 2 or name in ("training", "lloyd")]
+        if not only:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "run.json")
+            cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(n)]
+            cmd += ["--json", out, "--only", ",".join(only)]
+            if a.quick:
+                cmd.append("--quick")
+            if a.repeats:
+                cmd += ["--repeats", str(a.repeats)]
+            subprocess.run(cmd, check=True)
+            with open(out) as fh:
+                runs += json.load(fh)
+    return runs
+
+
+def cpu_model():
+    """The processor's model name from /proc/cpuinfo, else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_here(a):
+    """Run the chosen sections in this process, at THREADS threads."""
+    repeats = a.repeats or (2 if a.quick else 5)
+    results = {
+        "machine": {
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "cpu": cpu_model(),
+            "cores": os.cpu_count(),
+            "threads": int(THREADS),
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "quick": a.quick,
+        "repeats": repeats,
+        "sections": a.only,
+    }
+    print(f"vqref bench: {results['machine']}, {repeats} timed repeats after a warm-up")
+    if "training" in a.only:
+        bench_training(a.quick, repeats, results)
+    if "lloyd" in a.only:
+        bench_lloyd(a.quick, max(2, repeats - 2), results)
+    if "scale" in a.only:
+        bench_scale(a.quick, results)
+    if "suite" in a.only:
+        bench_suite(a.quick, results)
+    return results
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
-    p.add_argument("--json", metavar="FILE", help="write the raw figures to FILE")
+    p.add_argument("--json", metavar="FILE", help="write the raw figures to FILE (a list of runs)")
     p.add_argument(
         "--threads",
         type=int,
@@ -428,53 +783,50 @@ def main(argv=None):
     p.add_argument(
         "--repeats", type=int, default=None, help="timed repeats (default 5; 2 with --quick)"
     )
+    p.add_argument(
+        "--only",
+        type=_sections,
+        default=list(SECTIONS),
+        metavar="SECTIONS",
+        help="comma-separated sections to run (default: training,lloyd,scale,suite)",
+    )
+    p.add_argument(
+        "--markdown",
+        action="store_true",
+        help="write the tables into BENCHMARKS.md and README.md between their markers",
+    )
+    p.add_argument("--from", dest="source", metavar="FILE", help="render saved --json figures")
+    p.add_argument("--benchmarks", default=os.path.join(HERE, "BENCHMARKS.md"), metavar="FILE")
+    p.add_argument("--readme", default=os.path.join(HERE, "README.md"), metavar="FILE")
     p.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
-    p.add_argument("--no-suite", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         return child_memory(a.child)
-    if a.threads is None:  # each thread count in its own process
-        runs = []
-        for n in (1, 2):
-            with tempfile.NamedTemporaryFile(suffix=".json") as fh:
-                cmd = [
-                    sys.executable,
-                    os.path.abspath(__file__),
-                    "--threads",
-                    str(n),
-                    "--json",
-                    fh.name,
-                ]
-                cmd += ["--quick"] * a.quick + (["--repeats", str(a.repeats)] if a.repeats else [])
-                subprocess.run(cmd + (["--no-suite"] if n == 1 else []), check=True)
-                runs.append(json.load(open(fh.name)))
-        if a.json:
-            with open(a.json, "w") as fh:
-                json.dump(runs, fh, indent=1)
-        return runs
-    repeats = a.repeats or (2 if a.quick else 5)
-    results = {
-        "machine": {
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "processor": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "threads": int(THREADS),
-        },
-        "date": time.strftime("%Y-%m-%d"),
-        "quick": a.quick,
-        "repeats": repeats,
-    }
-    print(f"vqref bench: {results['machine']}, {repeats} timed repeats after a warm-up")
-    bench_training(a.quick, repeats, results)
-    bench_lloyd(a.quick, max(2, repeats - 2), results)
-    if not a.no_suite:
-        bench_scale(a.quick, results)
-        bench_suite(a.quick, results)
-    if a.json:
+    into_project = a.benchmarks == p.get_default("benchmarks")
+    into_project = into_project or a.readme == p.get_default("readme")
+    refusal = (
+        "--markdown with --quick figures would replace the full tables with smoke-test "
+        "sizes: pass --benchmarks FILE and --readme FILE to write them elsewhere"
+    )
+    if a.markdown and a.quick and into_project:
+        p.error(refusal)
+    if a.source:
+        with open(a.source) as fh:
+            runs = json.load(fh)
+        if isinstance(runs, dict):
+            runs = [runs]
+        if a.markdown and into_project and any(run["quick"] for run in runs):
+            p.error(refusal)
+    elif a.threads is None:
+        runs = run_children(a)
+    else:
+        runs = [run_here(a)]
+    if a.json and not a.source:
         with open(a.json, "w") as fh:
-            json.dump(results, fh, indent=1)
-    return results
+            json.dump(runs, fh, indent=1)
+    if a.markdown:
+        write_markdown(runs, a.benchmarks, a.readme)
+    return runs
 
 
 if __name__ == "__main__":

@@ -958,3 +958,52 @@ def test_figures_quick_writes_the_plots_and_every_number_the_readme_reads(tmp_pa
         pairs = zip(t["ste"]["mse"]["per_seed"], t["baseline"]["mse"]["per_seed"])
         expected = [100 * (a / b - 1) for a, b in pairs]
         assert t["ste"]["change_pct"]["per_seed"] == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------------------- bench
+
+BENCH_MARKERS = re.compile(r"(.*<!-- bench:begin[^>]*-->\n)(.*?)(\n<!-- bench:end -->.*)", re.S)
+
+
+def run_bench(*args):
+    return subprocess.run([sys.executable, os.path.join(HERE, "bench.py"), *args],
+                          capture_output=True, text=True, cwd=HERE)
+
+
+def test_bench_markdown_writes_its_tables_between_the_markers_only(tmp_path):
+    pytest.importorskip("sklearn")
+    pieces = {}
+    for name in ("README.md", "BENCHMARKS.md"):
+        text = open(os.path.join(HERE, name)).read()
+        match = BENCH_MARKERS.match(text)
+        assert match, f"{name} has no bench markers"
+        pieces[name] = match.groups()
+        (tmp_path / name).write_text(text)
+    saved = tmp_path / "quick.json"
+    out = run_bench("--quick", "--threads", "1", "--repeats", "1", "--only", "lloyd",
+                    "--json", str(saved), "--markdown", "--benchmarks",
+                    str(tmp_path / "BENCHMARKS.md"), "--readme", str(tmp_path / "README.md"))
+    assert out.returncode == 0, out.stderr
+    (run,) = json.loads(saved.read_text())
+    assert run["quick"] and run["sections"] == ["lloyd"] and len(run["lloyd"]) == 2
+    for name in ("README.md", "BENCHMARKS.md"):
+        before, old, after = pieces[name]
+        new = BENCH_MARKERS.match((tmp_path / name).read_text()).groups()
+        assert (new[0], new[2]) == (before, after)       # nothing outside the markers moves
+        assert new[1] != old and "(--quick sizes)" in new[1]
+        for row in run["lloyd"]:                          # every race, from the saved figures
+            assert f"{row['vqref_s']:.3f} s" in new[1]
+            assert f"{row['sklearn_s'] / row['vqref_s']:.2f}" in new[1]
+    assert "Training" not in BENCH_MARKERS.match((tmp_path / "BENCHMARKS.md").read_text())[2]
+    first = (tmp_path / "BENCHMARKS.md").read_text()
+    out = run_bench("--from", str(saved), "--markdown", "--benchmarks",
+                    str(tmp_path / "BENCHMARKS.md"), "--readme", str(tmp_path / "README.md"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "BENCHMARKS.md").read_text() == first   # a function of the JSON alone
+
+
+def test_bench_refuses_to_write_quick_figures_into_the_project():
+    readme = open(os.path.join(HERE, "README.md")).read()
+    out = run_bench("--quick", "--markdown")
+    assert out.returncode == 2 and "--benchmarks FILE" in out.stderr
+    assert open(os.path.join(HERE, "README.md")).read() == readme

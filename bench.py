@@ -416,8 +416,8 @@ def bench_suite(quick, results):
             )
             sec = time.perf_counter() - t
             shown = " ".join(c if c != tmp else "TMP" for c in cmd)
-            print(f"python {shown:<40} {sec:7.1f} s", flush=True)
-            results.setdefault("suite", []).append(dict(command="python " + shown, seconds=sec))
+            print(f"{shown:<40} {sec:7.1f} s", flush=True)
+            results.setdefault("suite", []).append(dict(command=shown, seconds=sec))
 
 
 # --------------------------------------------------------------- markdown
@@ -604,7 +604,7 @@ def _scale_section(run):
 
 def _suite_section(run):
     rows = [[f"`{r['command']}`", f"{r['seconds']:.1f} s"] for r in run["suite"]]
-    return _table(["command", "wall time"], rows)
+    return _table(["script and arguments", "wall time"], rows)
 
 
 def _threads_name(n):

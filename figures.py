@@ -836,16 +836,16 @@ def readme_section(R, figdir="figures"):
     S, meta = R["results"], R["meta"]
     n, cp = len(meta["seeds"]), meta["config"]["protocols"]
     L = [
-        f"Measured by `python figures.py` ({n} seeds, numpy {meta['numpy']}, {meta['date']}, "
-        f"{meta['seconds']:.0f} s on {meta['jobs']} processes); mean ± std over seeds, held-out "
-        "data; "
+        f"Measured by `.venv/bin/python figures.py` ({n} seeds, numpy {meta['numpy']}, "
+        f"{meta['date']}, {meta['seconds']:.0f} s on {meta['jobs']} processes); "
+        "mean ± std over seeds, held-out data; "
         f"\"vs baseline\" is paired per seed. *study*: {cp['study']['steps']} steps at lrE = "
         f"{cp['study']['lrE']} (its settings); "
         f"*converged*: lrE = {cp['converged']['lrE']} until the mean training loss of "
         f"{cp['converged']['window']} "
         f"steps improves by less than {cp['converged']['tol']:g} (at most "
         f"{cp['converged']['steps']} steps). "
-        "Regenerate with `python figures.py --readme`.",
+        "Regenerate with `.venv/bin/python figures.py --readme`.",
         "",
     ]
     b = S["baseline"]

@@ -67,6 +67,43 @@ def test_manual_gradients_match_finite_differences(estimator, seed, beta, alpha)
     assert alpha == 0 or np.max(np.abs(dE)) > NOT_SMALL
 
 
+
+def autograd_grads(torch, X, W, E, estimator, beta, alpha):
+    """dW, dE of eq. 4 by PyTorch autograd, with sg(.) as detach() and the codes of eq. 2."""
+    X, W, E = (torch.tensor(A, dtype=torch.float64) for A in (X, W, E))
+    W.requires_grad_(True)
+    E.requires_grad_(True)
+    Z = X @ W
+    k = torch.from_numpy(vqref.nearest_codeword(Z.detach().numpy(), E.detach().numpy()))
+    Q = E[k]
+    if estimator == "ste":
+        q = Z + (Q - Z).detach()                                    # eq. 5
+    else:
+        with torch.no_grad():                                       # eq. 6: sg(lam R)
+            u = Z / Z.norm(dim=1, keepdim=True)
+            v = Q / Q.norm(dim=1, keepdim=True)
+            w = (u + v) / (u + v).norm(dim=1, keepdim=True)
+            lam = Q.norm(dim=1, keepdim=True) / Z.norm(dim=1, keepdim=True)
+        Rz = Z - 2 * w * (w * Z).sum(1, keepdim=True) + 2 * v * (u * Z).sum(1, keepdim=True)
+        q = lam * Rz
+    rec = ((X - q @ W.T) ** 2).sum(1)
+    codebook = ((Z.detach() - Q) ** 2).sum(1)
+    commitment = ((Z - Q.detach()) ** 2).sum(1)
+    (rec + alpha * codebook + beta * commitment).mean().backward()
+    return W.grad.numpy(), E.grad.numpy()
+
+
+@pytest.mark.parametrize("estimator", ["ste", "rotation"])
+@pytest.mark.parametrize("seed,beta,alpha", [(0, 0.25, 1.0), (2, 0.7, 2.5)])
+def test_manual_gradients_match_pytorch_autograd(estimator, seed, beta, alpha):
+    torch = pytest.importorskip("torch")
+    X, W, E = data_point(seed)
+    _, dW, dE = vqref.loss_and_grads(X, W, E, estimator=estimator, beta=beta, alpha=alpha)
+    aW, aE = autograd_grads(torch, X, W, E, estimator, beta, alpha)
+    assert vqref.relative_error(dW, aW) < ROUNDING_RTOL
+    assert vqref.relative_error(dE, aE) < ROUNDING_RTOL
+
+
 @pytest.mark.parametrize("estimator", ["ste", "rotation"])
 def test_gradients_hold_for_a_non_orthonormal_W(estimator):
     X, W, E = data_point(17)

@@ -1,6 +1,6 @@
 """Benchmark vqref against a PyTorch autograd loop and scikit-learn's k-means.
 
-    python3 bench.py                  # everything, at 1 and at 2 threads (about 6 minutes)
+    python3 bench.py                  # everything, at 1 and at 2 threads (minutes)
     python3 bench.py --markdown       # the same, then write BENCHMARKS.md and README's table
     python3 bench.py --threads 1      # one thread count only
     python3 bench.py --only lloyd     # some of: training, lloyd, scale, suite
@@ -454,31 +454,21 @@ def _lloyd_name(row):
     return f"N={row['N']} m={row['m']} K={row['K']}, {until}"
 
 
+# Each race: its section of a run, the setting's name, the peer and the key of its time.
+RACES = (
+    ("training", lambda r: f"train, {r['estimator']}: {_training_name(r)}", "PyTorch autograd",
+     "torch_s"),
+    ("lloyd", lambda r: f"lloyd_max: {_lloyd_name(r)}", "scikit-learn KMeans", "sklearn_s"),
+)
+
+
 def races(run):
     """One dict per race of a run: its name, both sides' median seconds and the peer."""
     out = []
-    for row in run.get("training", []):
-        out.append(
-            dict(
-                race="training",
-                setting=f"train, {row['estimator']}: {_training_name(row)}",
-                vqref_s=row["vqref_s"],
-                peer="PyTorch autograd",
-                peer_s=row["torch_s"],
-                threads=row["threads"],
-            )
-        )
-    for row in run.get("lloyd", []):
-        out.append(
-            dict(
-                race="lloyd",
-                setting=f"lloyd_max: {_lloyd_name(row)}",
-                vqref_s=row["vqref_s"],
-                peer="scikit-learn KMeans",
-                peer_s=row["sklearn_s"],
-                threads=row["threads"],
-            )
-        )
+    for section, name, peer, peer_key in RACES:
+        for row in run.get(section, []):
+            out.append(dict(setting=name(row), vqref_s=row["vqref_s"], peer=peer,
+                            peer_s=row[peer_key], threads=row["threads"]))
     return out
 
 

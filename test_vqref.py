@@ -6,6 +6,7 @@ the plain function that a fast path replaces. Run with ``python -m pytest -q``.
 """
 
 import json
+import inspect
 import os
 import re
 import subprocess
@@ -808,12 +809,41 @@ def test_divergence_raises_naming_the_learning_rates():
 
 def test_learning_rate_is_refused_for_data_of_a_larger_scale_and_works_rescaled():
     X = vqref.make_data(3000, 16, seed=0)
-    with pytest.raises(ValueError, match=r"lrW=0.08 is too large .* \(top variance"):
-        vqref.train(X * 100, K=8, steps=10, batch=256)
-    a = vqref.train(X, K=8, steps=50, batch=256)
+    with pytest.raises(ValueError, match=r"lrW=0.08 is too large .* \(top variance") as info:
+        vqref.train(X * 100, K=8, steps=10, batch=256, lrW=0.08)
+    limit = float(re.search(r"pass lrW <= ([0-9.e+-]+),", str(info.value)).group(1))
+    vqref.train(X * 100, K=8, steps=2, batch=256, lrW=limit)       # the printed limit: accepted
+    with pytest.raises(ValueError, match="too large"):
+        vqref.train(X * 100, K=8, steps=2, batch=256, lrW=limit * (1 + 2e-3))
+    a = vqref.train(X, K=8, steps=50, batch=256, lrW=0.08)
     b = vqref.train(X * 100, K=8, steps=50, batch=256, lrW=0.08 / 100 ** 2)
     np.testing.assert_allclose(b.W, a.W, atol=SHIFT_RTOL)
     np.testing.assert_allclose(b.E, 100 * a.E, rtol=SHIFT_RTOL, atol=100 * SHIFT_RTOL)
+
+
+def test_default_learning_rate_scales_with_the_data():
+    X = vqref.make_data(3000, 16, seed=0)
+    a = vqref.train(X, K=8, steps=50, batch=256)
+    b = vqref.train(X * 100 + 7.0, K=8, steps=50, batch=256)
+    top = vqref.pca(X, 1, variances=True)[1][0]
+    assert a.settings["lrW"] == pytest.approx(vqref.LRW_PER_VARIANCE / top, rel=1e-12)
+    assert b.settings["lrW"] == pytest.approx(a.settings["lrW"] / 100 ** 2, rel=1e-12)
+    np.testing.assert_allclose(b.W, a.W, atol=SHIFT_RTOL)
+    np.testing.assert_allclose(b.E, 100 * a.E, rtol=SHIFT_RTOL, atol=100 * SHIFT_RTOL)
+
+
+def test_round_down_prints_a_limit_at_or_below_the_value():
+    for x in (0.0055693, 0.4915, 1 / 180, 0.999999, 123456.0, 1e-7 * 7.0):
+        shown = vqref._round_down(x)
+        assert shown <= x and float(f"{shown:.3g}") == shown and shown > 0.98 * x
+
+
+def test_train_defaults_are_the_converged_protocol():
+    sig = inspect.signature(vqref.train).parameters
+    for key, value in vqref.CONVERGED.items():
+        assert sig[key].default == value, key
+    assert sig["lrW"].default is None
+    assert vqref.STUDY == dict(steps=300, lrW=0.08, lrE=0.2, tol=None)
 
 
 def test_batch_larger_than_the_data_is_clamped_with_a_warning(small_data):

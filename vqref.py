@@ -26,7 +26,9 @@ Matrix Manifolds, 2008. [7] Hamerly, SDM 2010.
 """
 
 import argparse
+import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ ESTIMATORS = ("ste", "rotation", "numerical")
 GRAD_TOL = 1e-6               # manual vs finite differences: the largest relative error accepted
 ANTIPARALLEL_TOL = 1e-6       # ||u + v|| below this: the rotation becomes a reflection (eq. 6)
 LRW_TIMES_VARIANCE_MAX = 1.0  # train() refuses lrW * (top variance of X) above this
+MODEL_FORMAT = "vqref-linear-1"  # save()'s format tag
+LRW_PER_VARIANCE = 0.16       # train()'s default lrW * (top variance): 0.08 on make_data's
 
 
 # ------------------------------------------------------------------------- data
@@ -63,7 +67,7 @@ def make_data(n, D=64, *, seed=0, rank=4, decay=0.9, scale=2.0, noise=0.012, bim
     _check_real(noise, "noise")
     _check_real(sep, "sep")
     bimodal = _check_int(bimodal, "bimodal", 0, D - rank)
-    rng = np.random.default_rng(_check_int(seed, "seed", 0))
+    rng = _rng(seed, "seed")
     A, _ = np.linalg.qr(rng.standard_normal((D, rank + bimodal)))  # (D, rank + b) orthonormal
     S = rng.standard_normal((n, rank)) * np.sqrt(scale * decay ** np.arange(rank))  # (n, rank)
     X = S @ A[:, :rank].T                                           # (n, D)
@@ -80,7 +84,7 @@ def split(X, test_fraction=0.2, seed=0):
     ``test`` holds ``round(test_fraction N)`` rows (at least one), ``train`` the rest.
     """
     X = _as_matrix(X, "X")
-    rng = np.random.default_rng(_check_int(seed, "seed", 0))
+    rng = _rng(seed, "seed")
     perm = rng.permutation(X.shape[0])
     n_test = max(1, int(round(_check_real(test_fraction, "test_fraction") * X.shape[0])))
     return X[perm[n_test:]], X[perm[:n_test]]
@@ -138,8 +142,7 @@ def kmeans_pp(Z, K, rng):
     Z = _as_matrix(Z, "Z")
     N = Z.shape[0]
     K = _check_int(K, "K", 1, N)
-    if not isinstance(rng, np.random.Generator):
-        rng = np.random.default_rng(_check_int(rng, "rng", 0))
+    rng = _rng(rng, "rng")
     idx = [int(rng.integers(N))]
     d2 = np.full(N, np.inf)                                         # (N,) to the nearest so far
     for j in range(1, K):
@@ -342,7 +345,7 @@ def check_point(X, m, K, *, seed=0, margin=1e-4):
     so that a step ``h`` changes no code.
     """
     X = _as_matrix(X, "X")
-    rng = np.random.default_rng(_check_int(seed, "seed", 0))
+    rng = _rng(seed, "seed")
     for _ in range(100):
         W = qr_retraction(rng.standard_normal((X.shape[1], m)))    # (D, m)
         Z = X @ W                                                   # (N, m)
@@ -391,10 +394,15 @@ class TrainResult:
 
 
 def encode(X, model):
-    """Codes (N,) of the rows of ``X`` (N, D): the nearest codewords of ``(X - mean) W``."""
+    """Codes (N,) of the rows of ``X`` (N, D): the nearest codewords of ``(X - mean) W``.
+
+    Their dtype is the smallest unsigned integer type that holds ``K - 1`` (``uint8`` up to
+    K = 256): ``log2 K`` bits of information a row, stored in one byte for K = 32.
+    """
     mean, W, E = _check_model(model)
     X = _as_matrix(X, "X", cols=W.shape[0])
-    return _assign((X - mean) @ W, E)
+    codes = _assign((X - mean) @ W, E)
+    return codes.astype(np.min_scalar_type(E.shape[0] - 1))
 
 
 def decode(codes, model):
@@ -402,6 +410,47 @@ def decode(codes, model):
     mean, W, E = _check_model(model)
     codes = _check_codes(codes, E.shape[0])
     return mean + E[codes] @ W.T
+
+
+def save(model, path):
+    """Write ``model`` to ``path`` as a plain ``.npz`` of arrays, read back by :func:`load`.
+
+    Stores ``mean``, ``W``, ``E``, each ``history`` array, and the ``settings`` as JSON
+    text (a value JSON cannot hold, such as a Generator seed, as its ``repr``). No pickle.
+    The file is written to ``path`` exactly (no ``.npz`` is appended).
+    """
+    mean, W, E = _check_model(model)
+    arrays = {"vqref_format": np.array(MODEL_FORMAT), "mean": mean, "W": W, "E": E}
+    for key, values in getattr(model, "history", {}).items():
+        arrays["history." + key] = np.asarray(values)
+    settings = getattr(model, "settings", {})
+    arrays["settings"] = np.array(json.dumps(settings, default=repr))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load(path):
+    """The :class:`TrainResult` that :func:`save` wrote to ``path``; equal to the saved one.
+
+    Raises ValueError if ``path`` is not such a file. Reads no pickles, so runs no code.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":                          # an .npz is a zip file
+                raise ValueError("not an .npz archive")
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError) as err:                 # unreadable, or a bad zip
+        raise ValueError(f"path {path!r} is not a vqref model file ({err})") from None
+    if str(arrays.get("vqref_format", "")) != MODEL_FORMAT:
+        raise ValueError(f"path {path!r} is not a vqref model file (no "
+                         f"vqref_format={MODEL_FORMAT!r} entry)")
+    history = {key[len("history."):]: values for key, values in arrays.items()
+               if key.startswith("history.")}
+    settings = json.loads(str(arrays["settings"]))
+    model = TrainResult(arrays["mean"], arrays["W"], arrays["E"], history, settings)
+    _check_model(model)
+    return model
 
 
 # ---------------------------------------------------------------------- training
@@ -428,12 +477,11 @@ def minibatches(N, batch, seed=0):
     """Endless batches of ``batch`` row indices out of ``range(N)``, in :func:`train`'s order.
 
     Each epoch is a fresh permutation, cut into full batches (the remainder is skipped).
+    ``seed``: a non-negative int or a ``numpy.random.Generator``, as in :func:`train`.
     """
     N = _check_int(N, "N", 1)
     batch = _check_int(batch, "batch", 1, N)
-    rng = np.random.default_rng(_train_seeds(_check_int(seed, "seed", 0))[1])
-    while True:
-        yield from rng.permutation(N)[:N // batch * batch].reshape(-1, batch)
+    return _epochs(N, batch, np.random.default_rng(_train_seeds(seed)[1]))
 
 
 def levelled_off(loss, window, tol):
@@ -446,14 +494,16 @@ def levelled_off(loss, window, tol):
     return bool(before - last < tol * before)
 
 
-def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0.25,
-          alpha=1.0, batch=1024, seed=0, init_W=None, init_E=None, tol=None, window=100,
+def train(X, *, estimator="ste", K=32, m=4, steps=20000, lrW=None, lrE=2.0, beta=0.25,
+          alpha=1.0, batch=1024, seed=0, init_W=None, init_E=None, tol=1e-3, window=500,
           eval_X=None, eval_every=1):
     """Fit a model to the rows of ``X`` by gradient descent (README eqs. 4-17).
 
     ``W`` starts at ``pca(X, m)`` (or ``init_W``), ``E`` at k-means++ on the latents (or
     ``init_E``). Each step takes a batch of :func:`minibatches` and makes a
-    :func:`train_step`: a Stiefel step on ``W`` and ``E -= lrE dE``.
+    :func:`train_step`: a Stiefel step on ``W`` and ``E -= lrE dE``. The defaults are the
+    README's "converged" protocol (:data:`CONVERGED`), on data of any scale;
+    ``train(X, **STUDY)`` runs the study's settings (:data:`STUDY`).
 
     Parameters
     ----------
@@ -465,22 +515,26 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
         Codebook size and latent dimension.
     steps : int
         The most steps to take.
-    lrW, lrE : float
-        Learning rates. ``lrW`` scales as 1 / variance of ``X`` and is refused above
-        ``LRW_TIMES_VARIANCE_MAX / (top variance)``; ``lrE`` does not depend on scale.
+    lrW : float, optional
+        Encoder learning rate. The step it makes grows as the variance of ``X``, so the
+        default is ``LRW_PER_VARIANCE / (top variance of X)``; a given ``lrW`` is refused
+        above ``LRW_TIMES_VARIANCE_MAX / (top variance)``.
+    lrE : float
+        Codebook learning rate; it does not depend on the data's scale.
     beta, alpha : float
         Commitment and codebook weights of the loss (4).
     batch : int
         Rows per step (at most N).
-    seed : int
-        Seeds the initial codebook and the batches.
+    seed : int or numpy.random.Generator
+        Seeds the initial codebook and the batches (a Generator is drawn from once).
     init_W : array (D, m), optional
         Initial encoder, orthonormalized first.
     init_E : array (K, m), optional
         Initial codebook.
-    tol : float, optional
+    tol : float or None
         Stop once the mean training loss of the last ``window`` steps is less than ``tol``
-        (relative) below that of the ``window`` before (README, "converged").
+        (relative) below that of the ``window`` before (README, "converged"); None: run
+        all ``steps``.
     window : int
     eval_X : array (N', D), optional
         Rows evaluated every ``eval_every`` steps and after the last.
@@ -489,7 +543,8 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     Returns
     -------
     TrainResult
-        ``(mean, W, E)``, the history per step, and the settings with ``steps_run``.
+        ``(mean, W, E)``, the history per step, and the settings with ``steps_run`` (and
+        the ``lrW`` used).
 
     Raises
     ------
@@ -497,6 +552,12 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
         For a bad argument, naming it.
     FloatingPointError
         When training diverges.
+
+    Warns
+    -----
+    UserWarning
+        When ``alpha = 0`` (the codebook gets no gradient and never moves), when ``batch``
+        exceeds N, and when all but one code are dead on the last batch.
     """
     X, settings = _check_train(X, locals())
     batch = settings["batch"]
@@ -507,12 +568,15 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     else:                                                           # only the top variance needed:
         stride = max(1, len(Xc) // 4096)                            # a subsample will do for it
         _, variances = pca(Xc[::stride], m, variances=True)
+    if lrW is None:
+        lrW = LRW_PER_VARIANCE / variances[0]
     _check_lrW(lrW, variances[0])
+    settings["lrW"] = lrW
     if init_W is not None:
         W = qr_retraction(np.asarray(init_W, dtype=np.float64))
+    init_seed, batch_seed = _train_seeds(seed)
     if init_E is None:
-        rng = np.random.default_rng(_train_seeds(seed)[0])
-        E = kmeans_pp(Xc @ W, K, rng)
+        E = kmeans_pp(Xc @ W, K, np.random.default_rng(init_seed))
     else:
         E = np.array(init_E, dtype=np.float64)
 
@@ -521,7 +585,7 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
         keys += ["eval_mse", "eval_entropy"]
     hist = {key: np.full(steps, np.nan) for key in keys}
     hist["dead_codes"] = np.zeros(steps, dtype=np.int64)
-    batches = minibatches(X.shape[0], batch, seed)
+    batches = _epochs(X.shape[0], batch, np.random.default_rng(batch_seed))   # = minibatches
     if estimator == "numerical":
         step = train_step
     else:
@@ -530,7 +594,8 @@ def train(X, *, estimator="ste", K=32, m=4, steps=300, lrW=0.08, lrE=0.2, beta=0
     t = -1
     for t in range(steps):
         idx = next(batches)
-        W, E, loss, rec, k = step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha)
+        with np.errstate(over="ignore", invalid="ignore"):          # divergence: checked next
+            W, E, loss, rec, k = step(Xc, idx, W, E, estimator, lrW, lrE, beta, alpha)
         _check_diverged(t, loss, W, E, lrW, lrE)
         counts = np.bincount(k, minlength=K)                        # (K,) the batch's code usage
         hist["loss"][t] = loss
@@ -600,7 +665,10 @@ def lloyd_max(Z, K, *, init=None, max_iter=1000, tol=0.0, seed=0):
     max_iter : int
         Warns if it has not converged after this many updates (and ``tol`` is 0).
     tol : float
-        Also stop when an update lowers the distortion by at most ``tol`` (relative).
+        Also stop after the first update that lowers the distortion by at most ``tol``
+        (relative to the distortion before it).
+    seed : int or numpy.random.Generator
+        Seeds k-means++ when ``init`` is None.
 
     Returns
     -------
@@ -617,12 +685,11 @@ def lloyd_max(Z, K, *, init=None, max_iter=1000, tol=0.0, seed=0):
     max_iter = _check_int(max_iter, "max_iter", 0)
     tol = _check_real(tol, "tol")
     cells = _LloydCells(Z, E)                                       # codes; counts, sums of z - e
-    history = []
+    history = [cells.distortion()]                                  # of the first assignment
     reseeded = 0
     converged = False
     it = 0
     for it in range(1, max_iter + 1):
-        history.append(cells.distortion())                          # of this assignment
         full = cells.counts > 0                                     # (K,)
         E[full] += cells.sums[full] / cells.counts[full, None]      # to the means of their cells
         empty = np.flatnonzero(~full)
@@ -632,11 +699,11 @@ def lloyd_max(Z, K, *, init=None, max_iter=1000, tol=0.0, seed=0):
             reseeded += empty.size
         # A re-seeded row always changes code, so no change of code means none was re-seeded.
         converged = cells.update(E) == 0
+        history.append(cells.distortion())                          # after this update
         if converged:
             break
-        if tol > 0 and it > 1 and history[-2] - history[-1] <= tol * history[-2]:
+        if tol > 0 and history[-2] - history[-1] <= tol * history[-2]:   # this update's fall
             break
-    history.append(cells.distortion())
     if not converged and tol == 0 and max_iter > 0:
         warnings.warn(f"lloyd_max stopped at max_iter={max_iter} before converging", stacklevel=2)
     info = {
@@ -653,7 +720,8 @@ def lloyd_max(Z, K, *, init=None, max_iter=1000, tol=0.0, seed=0):
 def baseline(X, K=32, m=4, *, seed=0, max_iter=1000):
     """PCA + Lloyd-Max: ``W = pca(X, m)``, then ``E`` by :func:`lloyd_max` on the latents.
 
-    Returns a :class:`TrainResult`; its ``settings`` hold Lloyd's ``n_iter`` and ``converged``.
+    ``seed`` (int or ``numpy.random.Generator``) seeds k-means++. Returns a
+    :class:`TrainResult`; its ``settings`` hold Lloyd's ``n_iter`` and ``converged``.
     """
     X = _as_matrix(X, "X")
     mean = X.mean(axis=0)                                           # (D,)
@@ -663,34 +731,46 @@ def baseline(X, K=32, m=4, *, seed=0, max_iter=1000):
     return TrainResult(mean, W, E, {"distortion": info["history"]}, settings)
 
 
-# -------------------------------------------------------------------------- demo
-# "Converged" (README): a codebook step that moves a code used by 1/K of a batch 2 lrE / K
-# of the way to its cell's mean, until the training loss levels off (train's tol, window).
-CONVERGED = dict(lrE=2.0, tol=1e-3, window=500, steps=20000)
+# ---------------------------------------------------------------------- protocols
+# The README's two protocols, as train() keywords. "Converged", train's defaults: a
+# codebook step that moves a code used by 1/K of a batch 2 lrE / K of the way to its
+# cell's mean, until the training loss levels off (tol, window); lrW scaled to the data.
+# "Study": the study's settings, a fixed 300 steps, for data of make_data's scale.
+CONVERGED = dict(steps=20000, lrE=2.0, tol=1e-3, window=500)
+STUDY = dict(steps=300, lrW=0.08, lrE=0.2, tol=None)
 
 
 def main(argv=None):
-    """Demo: PCA + Lloyd-Max, STE and rotation on held-out rows, then a gradient check."""
+    """Demo: PCA + Lloyd-Max, STE and rotation on held-out rows, then a gradient check.
+
+    On make_data's rows: the study's protocol and the converged one. On a file
+    (--data): the converged protocol only, as the study's settings are for
+    make_data's scale.
+    """
     parser, a = _demo_args(argv)
-    try:
-        Xtr, Xte = split(make_data(a.n, a.D, seed=a.seed), 0.2, seed=a.seed)
-        kw = dict(K=a.K, m=a.m, batch=a.batch, lrW=a.lrW, beta=a.beta, alpha=a.alpha,
-                  seed=a.seed)
-        t0 = time.perf_counter()
-        base = baseline(Xtr, a.K, a.m, seed=a.seed)
-        seconds = time.perf_counter() - t0
-        rows = [("PCA + Lloyd-Max", f"{base.settings['n_iter']} it", base, seconds)]
-        protocols = (("study", dict(steps=a.steps, lrE=a.lrE)), ("converged", CONVERGED))
-        for protocol, protocol_kw in protocols:
-            for name in ("STE", "rotation"):
-                t0 = time.perf_counter()
-                res = train(Xtr, estimator=name.lower(), **kw, **protocol_kw)
-                seconds = time.perf_counter() - t0
-                steps_run = str(res.settings["steps_run"])
-                rows.append((f"{name}, {protocol}", steps_run, res, seconds))
-    except (ValueError, FloatingPointError) as err:                 # bad flags, divergence
-        parser.exit(2, f"vqref: error: {_as_flag_message(err, a)}\n")
-    evs = _print_demo_table(a, len(Xtr), rows, Xte)
+    with warnings.catch_warnings(record=True) as caught:            # shown as one line each
+        warnings.simplefilter("always")
+        try:
+            X, source = _demo_data(a)
+            Xtr, Xte = split(X, 0.2, seed=a.seed)
+            _check_demo_rows(a, len(Xtr))
+            kw = dict(K=a.K, m=a.m, batch=a.batch, beta=a.beta, alpha=a.alpha, seed=a.seed)
+            t0 = time.perf_counter()
+            base = baseline(Xtr, a.K, a.m, seed=a.seed)
+            seconds = time.perf_counter() - t0
+            rows = [("PCA + Lloyd-Max", f"{base.settings['n_iter']} it", base, seconds)]
+            for protocol, protocol_kw in _demo_protocols(a):
+                for name in ("STE", "rotation"):
+                    t0 = time.perf_counter()
+                    res = train(Xtr, estimator=name.lower(), **kw, **protocol_kw)
+                    seconds = time.perf_counter() - t0
+                    steps_run = str(res.settings["steps_run"])
+                    rows.append((f"{name}, {protocol}", steps_run, res, seconds))
+        except (ValueError, FloatingPointError) as err:             # bad flags, divergence
+            parser.exit(2, f"vqref: error: {_as_flag_message(err, a)}\n")
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"vqref: warning: {message}", file=sys.stderr)
+    evs = _print_demo_table(a, source, len(Xtr), rows, Xte)
     Xc = Xtr[:256] - base.mean                                      # gradient check on 256 rows
     W, E = check_point(Xc, a.m, min(a.K, len(Xc)), seed=a.seed)
     print(f"\ngradient check: manual vs central differences of eq. 15 (h=1e-6, {len(Xc)} rows, "
@@ -820,7 +900,7 @@ def _check_distinct_rows(Z, K):
 def _initial_codebook(Z, K, init, seed):
     """lloyd_max's starting codebook (K, m): a copy of ``init``, or k-means++ with ``seed``."""
     if init is None:
-        return kmeans_pp(Z, K, np.random.default_rng(_check_int(seed, "seed", 0)))
+        return kmeans_pp(Z, K, _rng(seed, "seed"))
     E = _as_matrix(init, "init", cols=Z.shape[1]).copy()
     if E.shape[0] != K:
         raise ValueError(f"init must have shape (K, m) = ({K}, {Z.shape[1]}), got {E.shape}")
@@ -833,13 +913,18 @@ def _check_train(X, a):
     N, D = X.shape
     _check_estimator(a["estimator"])
     int_ranges = (("K", 1, N), ("m", 1, D), ("steps", 0, 10 ** 7), ("batch", 1, None),
-                  ("seed", 0, None), ("window", 1, None), ("eval_every", 1, None))
+                  ("window", 1, None), ("eval_every", 1, None))
     for name, low, high in int_ranges:
         _check_int(a[name], name, low, high)
-    _check_real(a["lrW"], "lrW", positive=True)
+    if not isinstance(a["seed"], np.random.Generator):
+        _check_int(a["seed"], "seed", 0)
+    if a["lrW"] is not None:
+        _check_real(a["lrW"], "lrW", positive=True)
     _check_real(a["lrE"], "lrE", positive=True)
     _check_real(a["beta"], "beta")
-    _check_real(a["alpha"], "alpha")
+    if _check_real(a["alpha"], "alpha") == 0:
+        warnings.warn("alpha=0: the codebook gets no gradient and never moves from its "
+                      "initial value", stacklevel=3)
     if a["tol"] is not None:
         _check_real(a["tol"], "tol")
     for name, shape in (("init_W", (D, a["m"])), ("init_E", (a["K"], a["m"]))):
@@ -859,9 +944,11 @@ def _check_lrW(lrW, top_variance):
     """ValueError if ``lrW`` is too large for the data's scale (the step grows as the variance)."""
     largest = LRW_TIMES_VARIANCE_MAX / top_variance
     if lrW > largest:
+        shown = _round_down(largest)                                # accepted when passed
         raise ValueError(f"lrW={lrW:g} is too large for data of this scale (top variance "
-                         f"{top_variance:.3g}): use lrW <= {largest:.3g}, or standardize X "
-                         "(README, \"Choosing learning rates\")")
+                         f"{top_variance:.3g}): pass lrW <= {shown:.3g}, or leave lrW unset (the "
+                         "default) to scale it to the data (README, \"Choosing learning "
+                         "rates\")")
 
 
 def _check_diverged(t, loss, W, E, lrW, lrE):
@@ -894,9 +981,38 @@ def _as_flag_message(err, args):
 
 
 # ------------------------------------------------------------ small pieces
+def _rng(seed, name):
+    """A ``numpy.random.Generator``: ``seed`` itself if it is one, else seeded by the int."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(_check_int(seed, name, 0))
+
+
 def _train_seeds(seed):
-    """The two seed streams of :func:`train`: ``[0]`` its initial codebook, ``[1]`` its batches."""
-    return np.random.SeedSequence(seed).spawn(2)
+    """The two seed streams of :func:`train`: ``[0]`` its initial codebook, ``[1]`` its batches.
+
+    An int seeds a ``SeedSequence``; a ``Generator`` gives one draw to seed it (and advances).
+    """
+    if isinstance(seed, np.random.Generator):
+        entropy = int(seed.integers(2 ** 63))
+    else:
+        entropy = _check_int(seed, "seed", 0)
+    return np.random.SeedSequence(entropy).spawn(2)
+
+
+def _round_down(x, digits=3):
+    """``x > 0`` rounded down to ``digits`` significant digits (printed, it is <= x)."""
+    exponent = int(np.floor(np.log10(x))) - (digits - 1)
+    shown = np.floor(x / 10.0 ** exponent) * 10.0 ** exponent
+    while float(f"{shown:.{digits}g}") > x:                        # rounding of the division
+        shown -= 10.0 ** exponent
+    return float(f"{shown:.{digits}g}")
+
+
+def _epochs(N, batch, rng):
+    """:func:`minibatches`' endless batches, drawn by the Generator ``rng``."""
+    while True:
+        yield from rng.permutation(N)[:N // batch * batch].reshape(-1, batch)
 
 
 def _entropy(counts):
@@ -1166,35 +1282,96 @@ def _rotation_backward(G, Z, Q):
 
 
 # --------------------------------------------------------------- demo plumbing
-DEMO_FLAGS = (  # flag, type, default, help
-    ("K", int, 32, "codebook size"),
-    ("m", int, 4, "latent dimension"),
-    ("D", int, 64, "data dimension"),
-    ("n", int, 20000, "rows, 20%% held out"),
-    ("steps", int, 300, "steps of the study's protocol"),
-    ("batch", int, 1024, "batch size"),
-    ("lrW", float, 0.08, "encoder learning rate"),
-    ("lrE", float, 0.2, "codebook learning rate of the study's protocol"),
-    ("beta", float, 0.25, "commitment weight"),
-    ("alpha", float, 1.0, "codebook weight"),
-    ("seed", int, 0, "random seed"),
+DEMO_FLAGS = (  # flag, type, default, help (%(default)s: argparse fills it in)
+    ("data", str, None, "a .npy, or .csv/.txt of numbers (rows x columns), to use instead "
+                        "of make_data; runs the baseline and converged rows only"),
+    ("n", int, 20000, "make_data rows, 20%% held out (default %(default)s)"),
+    ("D", int, 64, "make_data dimension (default %(default)s)"),
+    ("K", int, 32, "codebook size, all rows (default %(default)s)"),
+    ("m", int, 4, "latent dimension, all rows (default %(default)s)"),
+    ("steps", int, STUDY["steps"], "steps of the study rows (default %(default)s; the "
+                                   f"converged rows stop by themselves, at most "
+                                   f"{CONVERGED['steps']})"),
+    ("lrE", float, STUDY["lrE"], "codebook learning rate of the study rows (default "
+                                 f"%(default)s; converged rows: {CONVERGED['lrE']:g})"),
+    ("lrW", float, None, "encoder learning rate of the learned rows (default: "
+                         f"{STUDY['lrW']:g} for the study rows, train's {LRW_PER_VARIANCE:g} / "
+                         "top variance for the converged rows)"),
+    ("batch", int, 1024, "batch size of the learned rows (default %(default)s)"),
+    ("beta", float, 0.25, "commitment weight of the learned rows (default %(default)s)"),
+    ("alpha", float, 1.0, "codebook weight of the learned rows; 0 freezes the codebook "
+                          "(default %(default)s)"),
+    ("seed", int, 0, "random seed of the data, split and every method (default %(default)s)"),
 )
 
 
 def _demo_args(argv):
     parser = argparse.ArgumentParser(prog="vqref", description=main.__doc__)
     for flag, typ, default, what in DEMO_FLAGS:
-        parser.add_argument(f"--{flag}", type=typ, default=default,
-                            help=f"{what} (default {default})")
+        parser.add_argument(f"--{flag}", type=typ, default=default, help=what)
     return parser, parser.parse_args(argv)
 
 
-def _print_demo_table(a, n_train, rows, Xte):
+def _demo_data(a):
+    """The demo's rows and a line saying where they come from: ``--data``, or make_data."""
+    if a.data is None:
+        _check_int(a.n, "n", 2)
+        return make_data(a.n, a.D, seed=a.seed), f"make_data(n={a.n}, D={a.D}, seed={a.seed})"
+    return _read_rows(a.data), a.data
+
+
+def _read_rows(path):
+    """The rows of a ``.npy`` file, or a ``.csv`` (commas) / ``.txt`` (spaces) of numbers."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".npy", ".csv", ".txt"):
+        raise ValueError(f"data {path}: expected a .npy, .csv or .txt file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")                          # an empty file: an error
+            if ext == ".npy":
+                X = np.load(path, allow_pickle=False)
+            else:
+                X = np.loadtxt(path, delimiter="," if ext == ".csv" else None, ndmin=2)
+    except (OSError, ValueError, UserWarning) as err:               # unreadable, ragged, text
+        raise ValueError(f"data {path}: {err}") from None
+    return _as_matrix(X, f"data {path}")
+
+
+def _check_demo_rows(a, n_train):
+    """ValueError naming the flag that sets the rows, if there are fewer than ``--K``."""
+    if n_train >= a.K:
+        return
+    if a.data is None:
+        raise ValueError(f"n={a.n} leaves {n_train} training rows, fewer than --K={a.K}: "
+                         f"raise --n or lower --K")
+    raise ValueError(f"data {a.data}: {n_train} training rows, fewer than --K={a.K}: "
+                     f"lower --K")
+
+
+def _demo_protocols(a):
+    """The demo's protocols as ``(name, train keywords)``: the study's (not on a file), then
+    the converged one, with the flags that change them."""
+    converged = dict(CONVERGED, lrW=a.lrW)
+    if a.data is not None:
+        return [("converged", converged)]
+    _check_int(a.steps, "steps", 1)                                 # 0: no study rows to show
+    study = dict(STUDY, steps=a.steps, lrE=a.lrE)
+    if a.lrW is not None:
+        study["lrW"] = a.lrW
+    return [("study", study), ("converged", converged)]
+
+
+def _print_demo_table(a, source, n_train, rows, Xte):
     """Print the demo's header and a row per model; returns each model's :func:`evaluate`."""
-    print(f"vqref demo: D={a.D} m={a.m} K={a.K}, {n_train} training rows, {len(Xte)} held out, "
-          f"batch={a.batch} lrW={a.lrW} beta={a.beta} alpha={a.alpha} seed={a.seed}")
-    print(f"study: {a.steps} steps at lrE={a.lrE}; converged: lrE={CONVERGED['lrE']} until the "
-          f"training loss improves by < {CONVERGED['tol']:g} over {CONVERGED['window']} steps")
+    D = Xte.shape[1]
+    print(f"vqref demo on {source}: D={D} m={a.m} K={a.K}, {n_train} training rows, "
+          f"{len(Xte)} held out, batch={a.batch} beta={a.beta} alpha={a.alpha} seed={a.seed}")
+    for name, _, model, _ in rows[1:]:
+        if name.startswith("STE, "):                                # one line per protocol
+            st = model.settings
+            stop = "steps" if st["tol"] is None else "steps at most, until the training " \
+                f"loss improves by < {st['tol']:g} over {st['window']} steps"
+            print(f"{name[5:]}: lrW={st['lrW']:.3g} lrE={st['lrE']:g}, {st['steps']} {stop}")
     print(f"{'method':<20} {'steps':>7} {'test MSE':>9} {'vs base':>8} {'entropy':>8} "
           f"{'of log K':>8} {'dead':>5} {'time':>7}")
     evs = [evaluate(Xte, model) for _, _, model, _ in rows]

@@ -5,11 +5,15 @@
 """Re-run the study with vqref under two protocols: five plots, results.json, README tables.
 
     python3 figures.py                # everything into figures/, 5 seeds (minutes on 2 cores)
-    python3 figures.py --quick        # reduced run (2 seeds, small sizes), for CI
+    python3 figures.py --quick        # reduced run (2 seeds, small sizes) into a temporary folder
     python3 figures.py --readme       # rewrite README's results section from figures/results.json
+    python3 figures.py --replot       # redraw the plots from figures/results.json
 
-Protocols: "study" is the study's settings (300 steps, lrE = 0.2); "converged" is
-vqref.CONVERGED (lrE = 2, until the training loss levels off). The baseline's Lloyd
+Only the full run writes the committed figures/; --quick writes to a new temporary folder
+(or --out, which may not be the committed one). Protocols: "study" is vqref.STUDY (300
+steps, lrW = 0.08, lrE = 0.2); "converged" is vqref.CONVERGED (lrE = 2, until the training
+loss levels off), with lrW = 0.08 as in the study (train's default, 0.16 / top variance, is near it). The
+baseline's Lloyd
 runs to a fixed point. Every model is evaluated on held-out rows (20% of each seed's
 data). Work is spread over ``--jobs`` processes with one BLAS thread each (set before
 NumPy loads). Needs matplotlib besides vqref's numpy.
@@ -21,12 +25,14 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one BLAS thread per process, before numpy
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import datetime  # noqa: E402
 import inspect  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import re  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
@@ -82,7 +88,7 @@ def config(quick):
         return dict(
             n=4000,
             batch=256,
-            protocols={"study": dict(steps=60, lrE=0.2), "converged": conv},
+            protocols={"study": dict(vqref.STUDY, steps=60), "converged": conv},
             curve_steps=400,
             eval_every=20,
             num_steps=15,
@@ -92,7 +98,7 @@ def config(quick):
     return dict(
         n=20000,
         batch=1024,
-        protocols={"study": dict(steps=300, lrE=0.2), "converged": conv},
+        protocols={"study": dict(vqref.STUDY), "converged": conv},
         curve_steps=2500,
         eval_every=50,
         num_steps=200,
@@ -221,14 +227,13 @@ def plan(c, seeds):
             for est in ("ste", "rotation"):
                 for K in KS:
                     P["scaling"][(proto, est, K, s)] = task(
-                        "train", s, **base, **pk, estimator=est, K=K
+                        "train", s, **{**base, **pk}, estimator=est, K=K
                     )
                     for start in ("pca", "random"):
                         P["wins"][(est, start, K, s)] = task(
                             "train",
                             s,
-                            **base,
-                            **c["protocols"]["converged"],
+                            **{**base, **c["protocols"]["converged"]},
                             estimator=est,
                             K=K,
                             bimodal=1,
@@ -236,7 +241,7 @@ def plan(c, seeds):
                         )
                 for b in BETAS:
                     P["beta"][(proto, est, b, s)] = task(
-                        "train", s, **dict(base, beta=b), **pk, estimator=est, K=32
+                        "train", s, **{**base, **pk, "beta": b}, estimator=est, K=32
                     )
         for est in ("ste", "rotation"):
             for lrE in (0.2, c["protocols"]["converged"]["lrE"]):
@@ -1188,15 +1193,28 @@ def update_readme(results_path, readme="README.md"):
 # ------------------------------------------------------------------- main
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+COMMITTED = os.path.join(HERE, "figures")  # the figures README.md shows
+INSTALL_HINT = (
+    "figures.py needs matplotlib: .venv/bin/python -m pip install matplotlib "
+    "(or pip install '.[plots]')"
+)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--out", default="figures", help="output folder (default figures)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: figures, the committed one; with --quick a new "
+        "temporary folder)",
+    )
     p.add_argument(
         "--seeds", type=int, default=None, help="seeds per experiment (default 5; 2 with --quick)"
     )
-    p.add_argument("--quick", action="store_true", help="reduced run for CI")
+    p.add_argument("--quick", action="store_true", help="reduced run for CI, never into figures/")
     p.add_argument(
         "--jobs",
         type=int,
@@ -1208,11 +1226,28 @@ def main(argv=None):
         action="store_true",
         help="only rewrite README.md's results section from OUT/results.json",
     )
+    p.add_argument(
+        "--replot",
+        action="store_true",
+        help="only redraw the plots from OUT/results.json (no computing)",
+    )
     a = p.parse_args(argv)
+    if not a.readme and importlib.util.find_spec("matplotlib") is None:  # before computing
+        p.exit(2, f"{INSTALL_HINT}\n")
+    if a.quick and a.out is not None and os.path.abspath(a.out) == COMMITTED:
+        p.error(f"--quick does not write into the committed {COMMITTED}; give another --out")
+    if a.out is None:
+        a.out = tempfile.mkdtemp(prefix="vqref-figures-") if a.quick else COMMITTED
     if a.readme:
         update_readme(os.path.join(a.out, "results.json"))
         print(f"README.md results section rewritten from {a.out}/results.json")
         return None
+    if a.replot:
+        with open(os.path.join(a.out, "results.json")) as fh:
+            R = json.load(fh)
+        paths = plot_all(R["results"], a.out, len(R["meta"]["seeds"]))
+        print(f"redrew {', '.join(sorted(paths.values()))} from {a.out}/results.json")
+        return R
     seeds = a.seeds if a.seeds is not None else (2 if a.quick else 5)
     if seeds < 2:
         p.error("--seeds must be at least 2 (the tables report a standard deviation)")

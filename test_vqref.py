@@ -8,7 +8,9 @@ the plain function that a fast path replaces. Run with ``python -m pytest -q``.
 import json
 import inspect
 import os
+import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import warnings
@@ -1004,11 +1006,20 @@ def test_figures_verdicts_are_two_sided_on_hand_made_numbers():
     assert figures.verdict(0.03, 0.1, 0.4) == "**not reproduced**"   # 0.2% measured as 0.03%
 
 
-def test_figures_quick_writes_the_plots_and_every_number_the_readme_reads(tmp_path):
+def committed_figures():
+    folder = os.path.join(HERE, "figures")
+    return {name: open(os.path.join(folder, name), "rb").read() for name in os.listdir(folder)}
+
+
+def test_figures_quick_writes_the_plots_and_every_number_the_readme_reads():
     pytest.importorskip("matplotlib")
-    out = subprocess.run([sys.executable, os.path.join(HERE, "figures.py"), "--quick", "--out",
-                          str(tmp_path)], capture_output=True, text=True, cwd=HERE)
+    before = committed_figures()
+    out = subprocess.run([sys.executable, os.path.join(HERE, "figures.py"), "--quick"],
+                         capture_output=True, text=True, cwd=HERE)
     assert out.returncode == 0, out.stderr
+    assert committed_figures() == before                            # a temporary folder instead
+    tmp_path = pathlib.Path(re.search(r" and (\S+)/results\.json in ", out.stdout).group(1))
+    assert tmp_path.name.startswith("vqref-figures-") and tmp_path != pathlib.Path(HERE)
     for name in ("gradient_check", "convergence", "codebook_scaling", "commitment_ablation",
                  "where_learning_wins"):
         data = (tmp_path / f"{name}.png").read_bytes()
@@ -1025,6 +1036,22 @@ def test_figures_quick_writes_the_plots_and_every_number_the_readme_reads(tmp_pa
         pairs = zip(t["ste"]["mse"]["per_seed"], t["baseline"]["mse"]["per_seed"])
         expected = [100 * (a / b - 1) for a, b in pairs]
         assert t["ste"]["change_pct"]["per_seed"] == pytest.approx(expected)
+    shutil.rmtree(tmp_path)
+
+
+def test_figures_refuses_quick_into_the_committed_folder_and_needs_matplotlib(monkeypatch,
+                                                                            capsys):
+    sys.path.insert(0, HERE)
+    import figures
+    with pytest.raises(SystemExit) as info:
+        figures.main(["--quick", "--out", os.path.join(HERE, "figures")])
+    assert info.value.code == 2 and "does not write into the committed" in capsys.readouterr().err
+    find_spec = figures.importlib.util.find_spec
+    monkeypatch.setattr(figures.importlib.util, "find_spec",
+                        lambda name: None if name == "matplotlib" else find_spec(name))
+    with pytest.raises(SystemExit) as info:
+        figures.main(["--quick"])                                   # stops before computing
+    assert info.value.code == 2 and "pip install matplotlib" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------- bench

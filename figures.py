@@ -13,9 +13,9 @@ Only the full run writes the committed figures/; --quick writes to a new tempora
 (or --out, which may not be the committed one). Protocols: "study" is vqref.STUDY (300
 steps, lrW = 0.08, lrE = 0.2); "converged" is vqref.CONVERGED (lrE = 2, until the training
 loss levels off), with lrW = 0.08 as in the study (train's default, 0.16 / top variance, is
-near it on this data). The baseline's Lloyd runs to a fixed point. Every model is evaluated on held-out rows (20% of each seed's
-data). Work is spread over ``--jobs`` processes with one BLAS thread each (set before
-NumPy loads). Needs matplotlib besides vqref's numpy.
+near it on this data). The baseline's Lloyd runs to a fixed point. Every model is evaluated
+on held-out rows (20% of each seed's data). Work is spread over ``--jobs`` processes with one
+BLAS thread each (set before NumPy loads). Needs matplotlib besides vqref's numpy.
 """
 
 import os

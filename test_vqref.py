@@ -680,6 +680,53 @@ def test_encode_decode_give_the_reconstruction_that_evaluate_scores(small_data):
         vqref.decode([0, 8], model)
 
 
+@pytest.mark.parametrize("K,dtype", [(2, np.uint8), (32, np.uint8), (256, np.uint8),
+                                     (257, np.uint16), (300, np.uint16)])
+def test_encode_returns_the_smallest_unsigned_type_that_holds_K_minus_1(K, dtype):
+    rng = np.random.default_rng(0)
+    E = rng.standard_normal((K, 2))
+    model = vqref.TrainResult(np.zeros(3), np.eye(3)[:, :2], E)
+    X = np.c_[E, np.zeros(K)][::-1]                                  # each row on a codeword
+    codes = vqref.encode(X, model)
+    assert codes.dtype == dtype
+    np.testing.assert_array_equal(codes, np.arange(K)[::-1])        # K - 1 itself survives
+
+
+@pytest.mark.parametrize("fit", ["train", "baseline"])
+def test_save_and_load_round_trip_exactly(small_data, tmp_path, fit):
+    Xtr, Xte = small_data
+    model = vqref.train(Xtr + 5.0, K=8, steps=20, batch=256) if fit == "train" else \
+        vqref.baseline(Xtr + 5.0, K=8)
+    path = tmp_path / "model.vqref"                                 # no .npz is appended
+    vqref.save(model, path)
+    back = vqref.load(path)
+    assert os.listdir(tmp_path) == ["model.vqref"]
+    for name in ("mean", "W", "E"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(model, name))
+    assert back.history.keys() == model.history.keys() and back.settings == model.settings
+    for key, values in model.history.items():
+        np.testing.assert_array_equal(back.history[key], values)
+        assert back.history[key].dtype == np.asarray(values).dtype
+    np.testing.assert_array_equal(vqref.encode(Xte + 5.0, back), vqref.encode(Xte + 5.0, model))
+
+
+def test_load_refuses_files_that_are_not_vqref_models(small_data, tmp_path):
+    model = vqref.train(small_data[0], K=8, steps=5, batch=256)
+    np.save(tmp_path / "a.npy", model.W)
+    (tmp_path / "b.txt").write_text("1 2 3\n")
+    np.savez(tmp_path / "c.npz", W=model.W, E=model.E)              # a foreign .npz
+    vqref.save(model, tmp_path / "d.npz")
+    with np.load(tmp_path / "d.npz") as npz:
+        arrays = dict(npz)
+    np.savez(tmp_path / "e.npz", **dict(arrays, vqref_format=np.array("vqref-linear-0")))
+    np.savez(tmp_path / "f.npz", **dict(arrays, E=arrays["E"][:, :3]))
+    for name in ("a.npy", "b.txt", "c.npz", "e.npz", "missing.npz"):
+        with pytest.raises(ValueError, match="is not a vqref model file"):
+            vqref.load(tmp_path / name)
+    with pytest.raises(ValueError, match="E must have 4 columns"):
+        vqref.load(tmp_path / "f.npz")
+
+
 @pytest.mark.parametrize("fit", ["train", "baseline"])
 def test_a_model_fitted_on_shifted_data_is_the_same_model_shifted(small_data, fit):
     Xtr, Xte = small_data

@@ -994,6 +994,33 @@ def test_bad_train_arguments_raise_naming_the_argument(small_data, kwargs, name)
         vqref.train(Xtr, **kwargs)
 
 
+SEEDED = {                                                          # name: seed -> result
+    "make_data": lambda seed: vqref.make_data(50, 6, seed=seed),
+    "split": lambda seed: vqref.split(np.arange(40.0).reshape(20, 2), seed=seed)[1],
+    "kmeans_pp": lambda seed: vqref.kmeans_pp(vqref.make_data(200, 3, seed=1), 5, seed),
+    "check_point": lambda seed: vqref.check_point(vqref.make_data(64, 6, seed=1), 2, 4,
+                                                  seed=seed)[1],
+    "minibatches": lambda seed: next(vqref.minibatches(30, 10, seed=seed)),
+    "lloyd_max": lambda seed: vqref.lloyd_max(vqref.make_data(300, 3, seed=1), 6, seed=seed)[0],
+    "baseline": lambda seed: vqref.baseline(vqref.make_data(300, 6, seed=1), 6, 2,
+                                            seed=seed).E,
+    "train": lambda seed: vqref.train(vqref.make_data(300, 6, seed=1), K=6, m=2, steps=5,
+                                      batch=64, seed=seed).E,
+}
+
+
+@pytest.mark.parametrize("name", SEEDED)
+def test_every_seed_takes_an_int_or_a_generator_and_the_same_one_gives_the_same_result(name):
+    f = SEEDED[name]
+    np.testing.assert_array_equal(f(3), f(3))
+    a = f(np.random.default_rng(3))
+    np.testing.assert_array_equal(f(np.random.default_rng(3)), a)   # same state, same result
+    assert not np.array_equal(f(np.random.default_rng(4)), a)       # the Generator is used
+    rng = np.random.default_rng(3)
+    f(rng)
+    assert not np.array_equal(f(rng), a)                            # and advanced
+
+
 @pytest.mark.parametrize("seed", [-1, 1.5, "x"])
 def test_bad_seeds_raise_naming_the_seed(seed):
     with pytest.raises(ValueError, match="^seed must be"):

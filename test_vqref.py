@@ -618,6 +618,19 @@ def test_lloyd_reports_the_iteration_cap_and_tol_stops():
     assert full["converged"] and not loose["converged"] and loose["n_iter"] < full["n_iter"]
 
 
+@pytest.mark.parametrize("tol", [1e-2, 1e-3])
+def test_lloyd_tol_stops_at_the_first_update_that_falls_by_at_most_tol(tol):
+    Z = np.clip(np.random.default_rng(0).standard_normal((2000, 2)), -1.5, 1.5)
+    _, full = vqref.lloyd_max(Z, 5)
+    h = full["history"]
+    falls = (h[:-1] - h[1:]) / h[:-1]                               # falls[j - 1]: update j's
+    first = 1 + int(np.flatnonzero(falls <= tol)[0])
+    assert first < full["n_iter"]                                   # the rule stops it early
+    _, loose = vqref.lloyd_max(Z, 5, tol=tol)
+    assert loose["n_iter"] == first and not loose["converged"]      # not one update later
+    np.testing.assert_array_equal(loose["history"], h[:first + 1])
+
+
 # --------------------------------------------------------------- pca, Stiefel (16-17)
 
 def test_pca_recovers_the_signal_subspace_and_centres_its_input():

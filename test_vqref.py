@@ -1082,6 +1082,78 @@ def test_demo_bad_flags_end_in_one_line_and_status_2(capsys, args, flag):
     assert err[0].startswith("vqref: error: ") and flag in err[0]
 
 
+@pytest.fixture
+def demo_files(tmp_path):
+    X = vqref.make_data(800, 8, seed=3) * 10 + 3                     # not make_data's scale
+    np.save(tmp_path / "rows.npy", X)
+    np.savetxt(tmp_path / "rows.csv", X, delimiter=",")
+    np.savetxt(tmp_path / "rows.txt", X)
+    return X, tmp_path
+
+
+@pytest.mark.parametrize("name", ["rows.npy", "rows.csv", "rows.txt"])
+def test_demo_on_a_file_runs_the_baseline_and_the_converged_rows(capsys, demo_files, name):
+    X, folder = demo_files
+    rows, errs = vqref.main(["--data", str(folder / name), "--K", "8", "--m", "2",
+                             "--batch", "128"])
+    out = capsys.readouterr().out
+    assert [r[0] for r in rows] == ["PCA + Lloyd-Max", "STE, converged", "rotation, converged"]
+    assert f"vqref demo on {folder / name}: D=8 m=2 K=8, 640 training rows, 160 held out" in out
+    Xtr, Xte = vqref.split(X, 0.2, seed=0)
+    base = vqref.baseline(Xtr, 8, 2)
+    assert rows[0][1]["mse"] == pytest.approx(vqref.evaluate(Xte, base)["mse"], rel=1e-6)
+    assert all(r[1]["mse"] < 1.05 * rows[0][1]["mse"] for r in rows[1:])   # trained, unscaled
+    assert all(e < GRAD_TOL for e in errs)
+
+
+@pytest.mark.parametrize("name,content,reason", [
+    ("missing.csv", None, ": no such file$"),
+    ("rows.json", "[[1, 2]]", "expected a .npy, .csv or .txt file"),
+    ("words.csv", "1,2\n3,x\n", "could not convert"),
+    ("ragged.csv", "1,2,3\n4,5\n", "columns"),
+    ("nan.csv", "1,2\nnan,4\n", "contains NaN or inf"),
+    ("empty.txt", "", "no data"),
+    ("text.npy", "not an array", "pickled|magic|format"),
+])
+def test_demo_on_a_bad_file_ends_in_one_line_and_status_2(capsys, tmp_path, name, content,
+                                                          reason):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        vqref.main(["--data", str(path), "--K", "2", "--m", "1"])
+    err = capsys.readouterr().err.splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"vqref: error: --data {path}") and re.search(reason, err[0])
+
+
+def test_demo_names_the_flag_at_fault_and_shows_no_python_warning(capsys):
+    base = ["--D", "8", "--batch", "64"]
+    for args, message in ((["--n", "10"], "^vqref: error: --n=10 leaves 8 training rows, "
+                                          "fewer than --K=32: raise --n or lower --K$"),
+                          (["--n", "600", "--lrE", "1e9"], "^vqref: error: training diverged "
+                                                         "at step .*lrE=1e\\+09"),
+                          (["--n", "600", "--steps", "0"], "^vqref: error: --steps must be")):
+        with pytest.raises(SystemExit) as exit_info:
+            vqref.main(base + args)
+        err = capsys.readouterr().err.splitlines()
+        assert exit_info.value.code == 2 and len(err) == 1 and re.search(message, err[0]), err
+
+
+@pytest.mark.parametrize("args,messages", [
+    (["--alpha", "0"], ["alpha=0: the codebook gets no gradient and never moves"]),
+    (["--lrE", "1e9"], ["codes are dead on the last training batch", "codes are dead on X"]),
+])
+def test_demo_warnings_are_one_line_each_and_no_python_warning(capsys, args, messages):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                              # one escaping main: fails
+        vqref.main(["--n", "600", "--D", "8", "--K", "8", "--batch", "64", "--steps", "5"]
+                   + args)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == len(messages) and all(line.startswith("vqref: warning: ") for line in err)
+    assert all(message in line for message, line in zip(messages, err)), err
+
+
 # -------------------------------------------------------------------------- figures
 
 def test_figures_verdicts_are_two_sided_on_hand_made_numbers():

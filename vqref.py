@@ -768,9 +768,9 @@ def main(argv=None):
                     rows.append((f"{name}, {protocol}", steps_run, res, seconds))
         except (ValueError, FloatingPointError) as err:             # bad flags, divergence
             parser.exit(2, f"vqref: error: {_as_flag_message(err, a)}\n")
+        evs = _print_demo_table(a, source, len(Xtr), rows, Xte)     # evaluate() may warn too
     for message in dict.fromkeys(str(w.message) for w in caught):
         print(f"vqref: warning: {message}", file=sys.stderr)
-    evs = _print_demo_table(a, source, len(Xtr), rows, Xte)
     Xc = Xtr[:256] - base.mean                                      # gradient check on 256 rows
     W, E = check_point(Xc, a.m, min(a.K, len(Xc)), seed=a.seed)
     print(f"\ngradient check: manual vs central differences of eq. 15 (h=1e-6, {len(Xc)} rows, "
@@ -1325,6 +1325,8 @@ def _read_rows(path):
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npy", ".csv", ".txt"):
         raise ValueError(f"data {path}: expected a .npy, .csv or .txt file")
+    if not os.path.isfile(path):
+        raise ValueError(f"data {path}: no such file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")                          # an empty file: an error

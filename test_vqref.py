@@ -908,6 +908,24 @@ def test_train_defaults_are_the_converged_protocol():
     assert vqref.STUDY == dict(steps=300, lrW=0.08, lrE=0.2, tol=None)
 
 
+def data_for_defaults(name):
+    if name == "digits":                                            # raw pixels 0-16, uncentred
+        X = pytest.importorskip("sklearn.datasets").load_digits().data
+    else:
+        X = vqref.make_data(20000) + 5.0                            # README's copy-paste example
+    return vqref.split(X, 0.2, seed=0)
+
+
+@pytest.mark.parametrize("estimator", ["ste", "rotation"])
+@pytest.mark.parametrize("name", ["digits", "make_data + 5"])
+def test_train_with_defaults_is_within_half_a_percent_of_the_baseline(name, estimator):
+    Xtr, Xte = data_for_defaults(name)
+    base = vqref.evaluate(Xte, vqref.baseline(Xtr))["mse"]
+    model = vqref.train(Xtr, estimator=estimator)
+    assert model.settings["steps_run"] < model.settings["steps"]   # stopped by itself
+    assert vqref.evaluate(Xte, model)["mse"] <= 1.005 * base
+
+
 def test_batch_larger_than_the_data_is_clamped_with_a_warning(small_data):
     Xtr, _ = small_data
     with pytest.warns(UserWarning, match="batch=5000"):

@@ -537,31 +537,8 @@ def findings(P, S, seeds):
 # ------------------------------------------------------------------ plots
 
 
-def band(ax, x, runs, key, label, proto="converged"):
-    y = np.array(runs)  # (seeds, len(x))
-    st = STYLE[key]
-    ax.plot(
-        x,
-        y.mean(0),
-        color=st["color"],
-        ls=PROTO_LS[proto],
-        marker=st["marker"],
-        markevery=max(1, len(x) // 8),
-        ms=4,
-        label=label,
-    )
-    ax.fill_between(x, y.min(0), y.max(0), label=f"{label}: min-max over seeds", **fill_style(key))
-
-
-def fill_style(key):
-    """Rotation's bands hatched, the others filled: overlapping bands stay legible."""
-    color = STYLE[key]["color"]
-    if key == "rotation":
-        return dict(facecolor="none", edgecolor=color, hatch="////", lw=0, alpha=0.5)
-    return dict(color=color, alpha=0.15)
-
-
 def plot_all(S, out, n_seeds):
+    """Draw the five figures into ``out``; returns {name: path}."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: never opens a window
@@ -574,246 +551,237 @@ def plot_all(S, out, n_seeds):
             "font.size": 8,
             "axes.grid": True,
             "grid.alpha": 0.3,
-            "legend.fontsize": 7,
+            "legend.fontsize": 8,
+            "legend.frameon": False,
         }
     )
     paths = {}
+    for name, draw in (
+        ("gradient_check", plot_gradient_check),
+        ("convergence", plot_convergence),
+        ("codebook_scaling", plot_codebook_scaling),
+        ("commitment_ablation", plot_commitment_ablation),
+        ("where_learning_wins", plot_where_learning_wins),
+    ):
+        fig = draw(plt, S, n_seeds)
+        paths[name] = save(fig, out, f"{name}.png")
+    return paths
 
-    # 1. gradient check: (a) error vs h, (b) finite-difference vs manual training,
-    #    their difference on a log scale
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+
+def legend_below(fig, ncol):
+    """One legend for the whole figure, below its panels: each label once, in drawing order."""
+    seen = {}
+    for ax in fig.axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    fig.legend(seen.values(), seen.keys(), loc="lower center", ncol=ncol)
+    rows = -(-len(seen) // ncol)
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
+
+
+def log2_K_axis(ax):
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(KS, [str(K) for K in KS])
+    ax.minorticks_off()
+    ax.set_xlabel("codebook size K")
+
+
+def per_seed(ax, x, values, label, width, **style):
+    """Each seed's value as a point (spread over ``width`` in x), the mean as a bar across."""
+    values = np.asarray(values, dtype=float)
+    spread = np.linspace(-width / 2, width / 2, len(values)) if len(values) > 1 else [0.0]
+    ax.plot(x + np.asarray(spread), values, ls="none", ms=3.5, alpha=0.8, label=label, **style)
+    ax.plot([x - width, x + width], [values.mean()] * 2, color=style["color"], lw=2)
+
+
+def plot_gradient_check(plt, S, n_seeds):
+    """(a) manual vs finite differences against the step h; (b) the batch loss of training
+    with each, step by step; (c) the final held-out MSE difference, vqref's and the study's."""
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 4.2),
+                                     gridspec_kw=dict(width_ratios=(1.2, 1.2, 0.8)))
     g = S["gradcheck"]
     for est in ("ste", "rotation"):
         errs = np.maximum(np.array(g[est]), 1e-17)
         st = STYLE[est]
-        a1.loglog(
-            g["h"],
-            np.median(errs, 0),
-            color=st["color"],
-            ls=st["ls"],
-            marker=st["marker"],
-            label=f"{LABELS[est]}: median",
-        )
-        a1.fill_between(
-            g["h"],
-            errs.min(0),
-            errs.max(0),
-            label=f"{LABELS[est]}: min-max over {len(errs)} points",
-            **fill_style(est),
-        )
-    a1.axhline(
-        vqref.GRAD_TOL, color="grey", ls="--", lw=1, label=f"test tolerance {vqref.GRAD_TOL:g}"
-    )
-    a1.set(
-        xlabel="finite-difference step h",
-        ylabel="max relative error, manual vs numerical",
-        title="(a) gradient error vs step h",
-    )
-    a1.legend()
+        a1.loglog(g["h"], np.median(errs, 0), color=st["color"], ls=st["ls"],
+                  marker=st["marker"], label=f"{LABELS[est]}: median over {len(errs)} points")
+        a1.fill_between(g["h"], errs.min(0), errs.max(0), color=st["color"], alpha=0.15,
+                        label=f"{LABELS[est]}: min-max")
+    a1.axhline(vqref.GRAD_TOL, color="grey", ls="--", lw=1,
+               label=f"test tolerance {vqref.GRAD_TOL:g}")
+    a1.set(xlabel="finite-difference step h", ylabel="max relative error, manual vs numerical",
+           title="(a) gradient error against the step h")
     tr = g["train"]
-    d = np.abs(np.array(tr["loss_numerical"]) - np.array(tr["loss_ste"])) / np.array(
-        tr["loss_ste"]
-    )
-    a2.semilogy(
-        np.arange(1, len(d) + 1),
-        np.maximum(d, 1e-17),
-        color=STYLE["numerical"]["color"],
-        label="|loss(finite differences) - loss(manual)| / loss(manual)",
-    )
-    a2.axhline(
-        STUDY["autograd_vs_manual_mse_pct"] / 100,
-        color=STYLE["study"]["color"],
-        ls="--",
-        label=f"study: autograd vs manual, final MSE {STUDY['autograd_vs_manual_mse_pct']}%",
-    )
-    a2.set(
-        xlabel="training step",
-        ylabel="relative difference of the batch loss",
-        title=f"(b) training with finite-difference vs manual gradients\n(seed {tr['seed']}, "
-              "batch "
-        f"{tr['batch']}, K=32; final held-out MSE differs by {tr['mse_diff_pct']:.1e}%)",
-    )
-    a2.legend(loc="center right")
-    paths["gradient_check"] = save(fig, out, "gradient_check.png")
+    loss_ste = np.array(tr["loss_ste"])
+    d_pct = 100 * np.abs(np.array(tr["loss_numerical"]) - loss_ste) / loss_ste
+    a2.semilogy(np.arange(1, len(d_pct) + 1), np.maximum(d_pct, 1e-15),
+                color=STYLE["numerical"]["color"],
+                label="batch loss: finite differences vs manual")
+    a2.set(xlabel="training step", ylabel="difference of the batch loss (%)",
+           title=f"(b) training with finite-difference gradients\n"
+                 f"(seed {tr['seed']}, batch {tr['batch']}, K=32, {tr['steps']} steps)")
+    ours = tr["mse_diff_pct"]
+    theirs = STUDY["autograd_vs_manual_mse_pct"]
+    bars = a3.bar([0, 1], [max(ours, 1e-15), theirs], width=0.6, log=True,
+                  color=[STYLE["numerical"]["color"], STYLE["study"]["color"]])
+    for bar, value in zip(bars, (ours, theirs)):
+        a3.annotate(f"{value:.2g}%", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", xytext=(0, 2), textcoords="offset points")
+    a3.set_xticks([0, 1], ["vqref:\nfinite differences\nvs manual", "study:\nautograd\nvs manual"])
+    a3.set_ylim(min(ours, theirs) / 30 if ours > 0 else 1e-16, theirs * 30)
+    a3.set(ylabel="final held-out MSE difference (%)",
+           title="(c) final held-out MSE:\nother gradients vs manual")
+    a3.grid(axis="x", visible=False)
+    legend_below(fig, ncol=3)
+    return fig
 
-    # 2. convergence: both learning rates; the study's 300 steps and the converged
-    #    protocol's stop marked
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    cv, lrEc = (
-        S["curve"],
-        [k for k in S["curve"] if k.startswith("ste/") and k != "ste/0.2"][0].split("/")[1],
-    )
-    for est in ("ste", "rotation"):
-        for lrE, proto in (("0.2", "study"), (lrEc, "converged")):
+
+def plot_convergence(plt, S, n_seeds):
+    """Held-out MSE and entropy along training at both codebook learning rates, and the
+    rotation - STE difference paired per seed (where the two mean curves coincide)."""
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 4.2))
+    cv = S["curve"]
+    lrEc = [k for k in cv if k.startswith("ste/") and k != "ste/0.2"][0].split("/")[1]
+    runs = [("0.2", "study"), (lrEc, "converged")]
+    for est, shift in (("ste", 0), ("rotation", 0.5)):             # markers half a gap apart
+        for lrE, proto in runs:
             c = cv[f"{est}/{lrE}"]
+            x = np.array(c["step"])
+            every = max(1, len(x) // 8)
+            st = STYLE[est]
             for ax, key in ((a1, "mse"), (a2, "entropy")):
-                band(ax, np.array(c["step"]), c[key], est, f"{LABELS[est]}, lrE={lrE}", proto)
+                ax.plot(x, np.mean(c[key], 0), color=st["color"], ls=PROTO_LS[proto],
+                        marker=st["marker"], ms=4, markevery=(int(shift * every), every),
+                        label=f"{LABELS[est]}, lrE={lrE} (mean of {n_seeds} seeds)")
+    for lrE, proto in runs:
+        x = np.array(cv[f"ste/{lrE}"]["step"])
+        diff = 100 * (np.array(cv[f"rotation/{lrE}"]["mse"]) / np.array(cv[f"ste/{lrE}"]["mse"])
+                      - 1)
+        color = "black" if proto == "converged" else STYLE["study"]["color"]
+        a3.plot(x, diff.mean(0), color=color, ls=PROTO_LS[proto],
+                label=f"rotation - STE, lrE={lrE}: mean")
+        a3.fill_between(x, diff.min(0), diff.max(0), color=color, alpha=0.15,
+                        label=f"rotation - STE, lrE={lrE}: min-max over seeds")
+    a3.axhline(0, color="black", lw=0.8)
     b32 = S["baseline"]["32"]
-    for ax, key in ((a1, "mse"), (a2, "entropy")):
-        ax.axhline(
-            b32[key]["mean"], color="black", ls="--", lw=1.2, label=f"{LABELS['baseline']} (mean)"
-        )
+    last = max(max(cv[f"ste/{lrE}"]["step"]) for lrE, _ in runs)
+    stop = cv["converged_steps"]["mean"]
+    for ax in (a1, a2, a3):
         ax.axvline(300, color="grey", ls=":", lw=1, label="step 300 (the study's protocol ends)")
-        ax.axvline(
-            cv["converged_steps"]["mean"],
-            color="grey",
-            ls="-.",
-            lw=1,
-            label="converged protocol stops (mean)",
-        )
-    a2.axhline(np.log(32), color="grey", ls="-", lw=0.8, label="log K (maximum)")
-    a1.set_ylim(b32["mse"]["mean"] * 0.97, b32["mse"]["mean"] * 1.12)
-    a1.set(
-        xlabel="training step",
-        ylabel="held-out reconstruction MSE",
-        title="(a) held-out MSE, K=32",
-    )
-    a2.set(
-        xlabel="training step",
-        ylabel="usage entropy (nats)",
-        title="(b) code usage entropy, held out",
-    )
-    a1.legend(ncol=2, fontsize=6), a2.legend(ncol=2, fontsize=6, loc="lower right")
-    paths["convergence"] = save(fig, out, "convergence.png")
+        if stop <= last:                                            # only where the curves are
+            ax.axvline(stop, color="grey", ls="-.", lw=1,
+                       label=f"converged protocol stops (mean, {stop:.0f} steps)")
+        ax.set_xlabel("training step")
+    for ax, key in ((a1, "mse"), (a2, "entropy")):
+        ax.axhline(b32[key]["mean"], color="black", ls="--", lw=1.2,
+                   label=f"{LABELS['baseline']} (mean)")
+    a2.axhline(np.log(32), color="grey", ls="-", lw=0.8, label="log K (the maximum)")
+    a1.set_ylim(b32["mse"]["mean"] * 0.99, b32["mse"]["mean"] * 1.08)
+    a1.set(ylabel="held-out reconstruction MSE", title="(a) held-out MSE, K=32")
+    a2.set(ylabel="usage entropy (nats)", title="(b) code usage entropy, held out")
+    a3.set(ylabel="held-out MSE, rotation vs STE (%)",
+           title="(c) rotation vs STE, paired per seed")
+    legend_below(fig, ncol=3)
+    return fig
 
-    # 3. codebook size: absolute MSE, and the paired change against the baseline
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+
+def plot_codebook_scaling(plt, S, n_seeds):
+    """(a) the baseline's MSE beside the study's; (b) each learned method's paired change."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    ks = np.array(KS, dtype=float)
+    b = [S["baseline"][str(K)]["mse"] for K in KS]
     st = STYLE["baseline"]
-    a1.errorbar(
-        KS,
-        [S["baseline"][str(K)]["mse"]["mean"] for K in KS],
-        yerr=[S["baseline"][str(K)]["mse"]["std"] for K in KS],
-        color=st["color"],
-        marker=st["marker"],
-        capsize=3,
-        label=LABELS["baseline"],
-    )
+    a1.errorbar(ks, [v["mean"] for v in b], yerr=[v["std"] for v in b], color=st["color"],
+                marker=st["marker"], capsize=3, label=f"vqref: {LABELS['baseline']}")
+    study = STYLE["study"]["color"]
+    a1.plot(ks * 0.93, [STUDY["scaling_baseline"][K] for K in KS], ls="none", marker="x",
+            color=study, ms=7, label="study: baseline")
+    a1.plot(ks * 1.07, [STUDY["scaling_ste"][K] for K in KS], ls="none", marker="*",
+            color=study, ms=9, label="study: manual STE")
+    a1.set(ylabel="held-out MSE", title=f"(a) MSE against K (vqref: mean ± std, {n_seeds} seeds)")
+    offsets = {("study", "ste"): 0.91, ("study", "rotation"): 0.96,
+               ("converged", "ste"): 1.04, ("converged", "rotation"): 1.09}
     for proto in PROTOCOLS:
         for est in ("ste", "rotation"):
             st = STYLE[est]
-            y = [S[proto]["scaling"][str(K)][est] for K in KS]
-            off = 1.03 if est == "rotation" else 0.97  # side by side, both visible
-            for ax, key in ((a1, "mse"), (a2, "change_pct")):
-                ax.errorbar(
-                    [K * off for K in KS],
-                    [v[key]["mean"] for v in y],
-                    yerr=[v[key]["std"] for v in y],
-                    color=st["color"],
-                    marker=st["marker"],
-                    ls=PROTO_LS[proto],
-                    capsize=3,
-                    mfc="none" if proto == "study" else st["color"],
-                    label=f"{LABELS[est]}, {proto}",
-                )
-    study_points = (  # axes, the study's numbers, marker, size, label
-        (a1, "scaling_baseline", "x", 8, "study: baseline"),
-        (a1, "scaling_ste", "*", 8, "study: manual STE"),
-        (a2, "scaling_pct", "*", 9, "study: manual STE"),
-    )
-    for ax, key, marker, size, label in study_points:
-        values = [STUDY[key][K] for K in KS]
-        ax.plot(KS, values, marker=marker, color=STYLE["study"]["color"], ls="none", ms=size,
-                label=label)
-    a2.axhline(0, color="black", ls="--", lw=1, label=LABELS["baseline"])
+            y = [S[proto]["scaling"][str(K)][est]["change_pct"] for K in KS]
+            a2.errorbar(ks * offsets[proto, est], [v["mean"] for v in y],
+                        yerr=[v["std"] for v in y], color=st["color"], marker=st["marker"],
+                        ls=PROTO_LS[proto], capsize=3,
+                        mfc="none" if proto == "study" else st["color"],
+                        label=f"vqref: {LABELS[est]}, {proto} protocol")
+    a2.plot(ks, [STUDY["scaling_pct"][K] for K in KS], ls="none", marker="*", color=study, ms=9,
+            label="study: manual STE vs its baseline")
+    a2.axhline(0, color="black", ls="--", lw=1, label=f"{LABELS['baseline']} (0%)")
+    a2.set(ylabel="held-out MSE vs PCA + Lloyd-Max, same seed (%)",
+           title="(b) learned methods against the baseline (mean ± std)")
     for ax in (a1, a2):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(KS, [str(K) for K in KS])
-        ax.legend(fontsize=6)
-    a1.set(
-        xlabel="codebook size K",
-        ylabel="held-out MSE",
-        title=f"(a) MSE (mean ± std, {n_seeds} seeds)",
-    )
-    a2.set(
-        xlabel="codebook size K",
-        ylabel="MSE vs baseline, same seed (%)",
-        title="(b) change against PCA + Lloyd-Max, paired per seed (mean ± std)",
-    )
-    paths["codebook_scaling"] = save(fig, out, "codebook_scaling.png")
+        log2_K_axis(ax)
+    legend_below(fig, ncol=3)
+    return fig
 
-    # 4. commitment weight, paired change against the baseline
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for proto in PROTOCOLS:
-        for est in ("ste", "rotation"):
+
+def plot_commitment_ablation(plt, S, n_seeds):
+    """The paired change against the baseline as beta varies: one panel per protocol."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    base = STUDY["ranking_K32"]["baseline"]
+    for ax, proto, letter in zip(axes, ("converged", "study"), "ab"):
+        for est, off in (("ste", -0.012), ("rotation", 0.012)):
             st = STYLE[est]
             y = [S[proto]["beta"][str(b)][est]["change_pct"] for b in BETAS]
-            x = [b + (0.01 if est == "rotation" else -0.01) for b in BETAS]
-            ax.errorbar(
-                x,
-                [v["mean"] for v in y],
-                yerr=[v["std"] for v in y],
-                color=st["color"],
-                marker=st["marker"],
-                ls=PROTO_LS[proto],
-                capsize=3,
-                mfc="none" if proto == "study" else st["color"],
-                label=f"{LABELS[est]}, {proto}",
-            )
-    ax.plot(
-        list(STUDY["beta"]),
-        [pct(v, STUDY["ranking_K32"]["baseline"]) for v in STUDY["beta"].values()],
-        marker="*",
-        color=STYLE["study"]["color"],
-        ls="none",
-        ms=9,
-        label="study (vs its baseline 2.4893)",
-    )
-    ax.axhline(0, color="black", ls="--", lw=1, label=LABELS["baseline"])
-    ax.set(
-        xlabel="commitment weight beta",
-        ylabel="MSE vs baseline, same seed (%)",
-        title=f"MSE vs beta, K=32 (mean ± std over {n_seeds} seeds)",
-    )
-    ax.legend(fontsize=6)
-    paths["commitment_ablation"] = save(fig, out, "commitment_ablation.png")
+            ax.errorbar([b + off for b in BETAS], [v["mean"] for v in y],
+                        yerr=[v["std"] for v in y], color=st["color"], marker=st["marker"],
+                        capsize=3, label=f"vqref: {LABELS[est]}")
+        ax.axhline(0, color="black", ls="--", lw=1, label=f"{LABELS['baseline']} (0%)")
+        ax.set(xlabel="commitment weight beta", ylabel="held-out MSE vs baseline, same seed (%)",
+               title=f"({letter}) {proto} protocol")
+    axes[1].plot(list(STUDY["beta"]), [pct(v, base) for v in STUDY["beta"].values()],
+                 marker="*", color=STYLE["study"]["color"], ls="none", ms=9,
+                 label=f"study (its MSE vs its baseline {base})")
+    fig.suptitle(f"Held-out MSE change against PCA + Lloyd-Max (%), K=32, mean ± std over "
+                 f"{n_seeds} seeds; each panel on its own scale")
+    legend_below(fig, ncol=4)
+    return fig
 
-    # 5. where learning wins: bimodal data
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in [("best", LABELS["best"])] + [
-        (f"{e}/{s}", f"{LABELS[e]}, from {s.upper() if s == 'pca' else s}")
+
+def plot_where_learning_wins(plt, S, n_seeds):
+    """Bimodal data: each seed's change against the baseline and angle off the PCA subspace."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.4))
+    methods = [("best", LABELS["best"])] + [
+        (f"{e}/{s}", f"{LABELS[e]}, from {'PCA' if s == 'pca' else 'random'}")
         for e in ("ste", "rotation")
         for s in ("pca", "random")
-    ]:
-        e = key.split("/")[0]
-        st = STYLE[e]
-        ls = {"best": "-.", "pca": "-", "random": ":"}[key.split("/")[-1]]
-        y = [S["wins"][str(K)][key] for K in KS]
-        off = {"ste": 0.97, "rotation": 1.03}.get(e, 1.0)
-        for ax, what in ((a1, "change_pct"), (a2, "sin_to_pca")):
-            ax.errorbar(
-                [K * off for K in KS],
-                [v[what]["mean"] for v in y],
-                yerr=[v[what]["std"] for v in y],
-                color=st["color"],
-                marker=st["marker"],
-                ls=ls,
-                capsize=3,
-                label=label,
-            )
-    a1.axhline(0, color="black", ls="--", lw=1, label=LABELS["baseline"])
+    ]
+    for j, (key, label) in enumerate(methods):
+        st = STYLE[key.split("/")[0]]
+        style = dict(color=st["color"], marker=st["marker"],
+                     mfc="none" if key.endswith("random") else st["color"])
+        x0 = j - (len(methods) - 1) / 2
+        for i, K in enumerate(KS):
+            v = S["wins"][str(K)][key]
+            for ax, what in ((a1, "change_pct"), (a2, "sin_to_pca")):
+                per_seed(ax, i + 0.16 * x0, v[what]["per_seed"], label, 0.05, **style)
+    for ax in (a1, a2):                                             # one legend entry for bars
+        ax.plot([], [], color="grey", lw=2, label=f"bar: mean of the {n_seeds} seeds")
+    a1.axhline(0, color="black", ls="--", lw=1, label=f"{LABELS['baseline']} (0%)")
+    a2.axhline(1, color=STYLE["best"]["color"], ls=":", lw=1,
+               label="sin = 1: a direction orthogonal to PCA's (where the best subspace is)")
     for ax in (a1, a2):
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(KS, [str(K) for K in KS])
-        ax.legend(fontsize=6)
-    a1.set(
-        xlabel="codebook size K",
-        ylabel="held-out MSE vs PCA + Lloyd-Max, same seed (%)",
-        title="(a) data with a bimodal direction: change against the baseline",
-    )
-    a2.set(
-        xlabel="codebook size K",
-        ylabel="sin of the largest angle to the PCA subspace",
-        title="(b) how far the encoder moved off the PCA subspace",
-    )
-    paths["where_learning_wins"] = save(fig, out, "where_learning_wins.png")
-    return paths
+        ax.set_xticks(range(len(KS)), [str(K) for K in KS])
+        ax.set_xlabel("codebook size K")
+        ax.grid(axis="x", visible=False)
+    a1.set(ylabel="held-out MSE vs PCA + Lloyd-Max, same seed (%)",
+           title="(a) data with a bimodal direction: change against the baseline")
+    a2.set(ylabel="sin of the largest angle to the PCA subspace",
+           title="(b) how far the encoder moved off the PCA subspace")
+    legend_below(fig, ncol=3)
+    return fig
 
 
 def save(fig, out, name):
     import matplotlib.pyplot as plt
 
     path = os.path.join(out, name)
-    fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path

@@ -81,7 +81,7 @@ PROTO_LS = {"study": ":", "converged": "-"}
 
 def config(quick):
     """Sizes of every experiment; --quick shrinks them for CI."""
-    conv = dict(vqref.CONVERGED)
+    conv = dict(vqref.CONVERGED, lrW=vqref.STUDY["lrW"])  # as the study: only lrE, stop differ
     if quick:
         conv.update(window=100, steps=1000)
         return dict(
@@ -811,9 +811,10 @@ def readme_section(R, figdir="figures"):
         f"Measured by `.venv/bin/python figures.py` ({n} seeds, numpy {meta['numpy']}, "
         f"{meta['date']}, {meta['seconds']:.0f} s on {meta['jobs']} processes); "
         "mean ± std over seeds, held-out data; "
-        f"\"vs baseline\" is paired per seed. *study*: {cp['study']['steps']} steps at lrE = "
-        f"{cp['study']['lrE']} (its settings); "
-        f"*converged*: lrE = {cp['converged']['lrE']} until the mean training loss of "
+        f"\"vs baseline\" is paired per seed. *study*: {cp['study']['steps']} steps at lrW = "
+        f"{cp['study']['lrW']:g}, lrE = {cp['study']['lrE']:g} (its settings); "
+        f"*converged*: lrW = {cp['converged']['lrW']:g}, lrE = {cp['converged']['lrE']} until "
+        f"the mean training loss of "
         f"{cp['converged']['window']} "
         f"steps improves by less than {cp['converged']['tol']:g} (at most "
         f"{cp['converged']['steps']} steps). "
@@ -852,16 +853,23 @@ def readme_section(R, figdir="figures"):
             f"{min(cv['steps_run'])}-{max(cv['steps_run'])} |"
         )
     cs = S["curve"]["converged_steps"]
+    lrEc = f"{cp['converged']['lrE']:g}"
+    end = {lrE: [100 * (r[-1] / t[-1] - 1) for r, t in zip(S["curve"][f"rotation/{lrE}"]["mse"],
+                                                           S["curve"][f"ste/{lrE}"]["mse"])]
+           for lrE in ("0.2", lrEc)}
     L += [
         "",
         f"![convergence]({figdir}/convergence.png)",
         "",
-        "Held-out MSE and usage entropy at K = 32 for lrE = 0.2 (dotted: the study's rate, "
-        "continued past its "
-        f"300 steps) and lrE = {cp['converged']['lrE']} (solid); the dotted vertical line is step "
-        "300, the dash-dot "
-        f"line the converged protocol's mean stop ({cs['mean']:.0f} steps); dashed horizontal: "
-        "the baseline.",
+        f"*Figure 1.* (a) Held-out MSE and (b) usage entropy at K = 32 along "
+        f"{S['curve']['ste/0.2']['step'][-1]} steps, mean of {n} seeds, for lrE = 0.2 (dotted: "
+        f"the study's rate, continued past its 300 steps) and lrE = {lrEc} (solid); vertical "
+        f"lines: step 300 (dotted) and the converged protocol's mean stop (dash-dot, "
+        f"{cs['mean']:.0f} steps); dashed: the baseline. (c) Rotation's held-out MSE against "
+        f"STE's on the same seed, mean and min-max over seeds, where (a) cannot show it: at "
+        f"the last step rotation is {np.mean(end[lrEc]):+.2f}% (seeds "
+        f"{min(end[lrEc]):+.2f}% to {max(end[lrEc]):+.2f}%) at lrE = {lrEc} and "
+        f"{np.mean(end['0.2']):+.2f}% at lrE = 0.2.",
         "",
     ]
     L += [
@@ -890,6 +898,12 @@ def readme_section(R, figdir="figures"):
         "",
         f"![codebook scaling]({figdir}/codebook_scaling.png)",
         "",
+        "*Figure 2.* (a) vqref's baseline (mean ± std) beside the study's baseline (x) and its "
+        "manual STE (star), drawn slightly apart in K so that none hides another. (b) Each "
+        "learned method's held-out MSE against the baseline on the same seed (mean ± std): "
+        "hollow and dotted, the study protocol; filled and solid, the converged one; stars, the "
+        "study's manual STE against its own baseline.",
+        "",
     ]
     L += [
         "### Commitment weight (K = 32, vs baseline)",
@@ -908,7 +922,16 @@ def readme_section(R, figdir="figures"):
             )
             + " |"
         )
-    L += ["", f"![commitment ablation]({figdir}/commitment_ablation.png)", ""]
+    L += [
+        "",
+        f"![commitment ablation]({figdir}/commitment_ablation.png)",
+        "",
+        "*Figure 3.* Held-out MSE against the baseline on the same seed as the commitment "
+        f"weight varies, mean ± std over {n} seeds: (a) the converged protocol, (b) the study's, "
+        "each on its own scale. Stars: the study's three reported runs against its baseline "
+        f"{STUDY['ranking_K32']['baseline']}, in the panel of the protocol it ran.",
+        "",
+    ]
     L += [
         "### Learning rates",
         "",
@@ -952,19 +975,17 @@ def readme_section(R, figdir="figures"):
         "",
         f"![gradient check]({figdir}/gradient_check.png)",
         "",
-        f"(a) The median error over {len(gc['ste'])} random points is smallest at h = "
-        f"{best_h['ste']:.0e} (STE) and "
-        f"{best_h['rotation']:.0e} (rotation), where truncation and round-off error meet; there "
-        "the manual gradients "
-        f"agree with finite differences to {gc['best_error']:.1e} or better. (b) Training with "
-        "finite-difference "
-        f"gradients (seed {gt['seed']}, batch {gt['batch']}, {gt['steps']} steps) ends at "
-        "held-out MSE "
-        f"{gt['mse_numerical']:.6f} against {gt['mse_ste']:.6f} for manual STE: "
-        f"{gt['mse_diff_pct']:.1e}% apart "
-        f"(usage entropy {gt['entropy_diff_pct']:.1e}%). The study compared its autograd and "
-        "manual runs the same "
-        f"way, by final metrics: {STUDY['autograd_vs_manual_mse_pct']}% (MSE) and "
+        f"*Figure 4.* (a) Largest relative error of the manual gradients against central "
+        f"differences, against the step h (median and min-max over {len(gc['ste'])} random "
+        f"points; dashed: the tests' tolerance). It is smallest at h = {best_h['ste']:.0e} (STE) "
+        f"and {best_h['rotation']:.0e} (rotation), where truncation and round-off error meet; "
+        f"there the manual gradients agree with finite differences to {gc['best_error']:.1e} "
+        f"or better. (b) The batch loss of training with finite-difference gradients against "
+        f"manual STE, step by step (seed {gt['seed']}, batch {gt['batch']}, {gt['steps']} "
+        f"steps, %). (c) The final held-out MSE of that run, {gt['mse_numerical']:.6f} against "
+        f"{gt['mse_ste']:.6f}: {gt['mse_diff_pct']:.1e}% apart (usage entropy "
+        f"{gt['entropy_diff_pct']:.1e}%), beside the same quantity for the study's autograd "
+        f"and manual runs: {STUDY['autograd_vs_manual_mse_pct']}% (MSE) and "
         f"{STUDY['autograd_vs_manual_entropy_pct']}% (entropy).",
         "",
     ]
@@ -1053,6 +1074,13 @@ def readme_section(R, figdir="figures"):
         "directions, so a learned encoder or codebook can do a little better).",
         "",
         f"![where learning wins]({figdir}/where_learning_wins.png)",
+        "",
+        "*Figure 5.* Each point is one seed, each bar the mean of the seeds; filled markers "
+        "start from PCA, hollow ones from a random orthonormal encoder. (a) Held-out MSE "
+        "against the baseline on the same seed, on data with a bimodal direction. (b) The sine "
+        "of the largest principal angle between the encoder's subspace and PCA's: 0 is PCA's "
+        "subspace, 1 a subspace holding a direction orthogonal to it, as the best subspace's "
+        "does. Outcomes from a random start are bimodal, so a mean alone would describe no run.",
         "",
     ]
     L += [

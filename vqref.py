@@ -14,7 +14,8 @@ fitted by PCA + Lloyd-Max (k-means) [5], or by gradient descent through the
 straight-through estimator (STE) [1, 2] or the rotation trick [3], checked against
 finite differences. Read it beside the README's "Derivation": each backward line cites
 its equation. Below the "Machinery" line is only what makes it fast or safe.
-Needs NumPy only. Demo: ``python3 vqref.py`` (``--help`` for its flags).
+Needs NumPy only. Demo: ``python3 vqref.py`` (``--data FILE`` for your own rows,
+``--help`` for its flags).
 
 Vocabulary: a *code* is an index ``k``, its *codeword* the row ``E[k]``, its *cell*
 the rows with that code; the *distortion* is the mean of ``||z - e_k||^2``.
@@ -40,7 +41,7 @@ if __name__ == "__main__":
 
 import numpy as np  # noqa: E402
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"  # 0.3: train defaults to the converged protocol
 ESTIMATORS = ("ste", "rotation", "numerical")
 GRAD_TOL = 1e-6               # manual vs finite differences: the largest relative error accepted
 ANTIPARALLEL_TOL = 1e-6       # ||u + v|| below this: the rotation becomes a reflection (eq. 6)

@@ -108,7 +108,11 @@ def train_setup(D, m, K, B, steps, N, seed=0):
     return X, X - init.mean, init.W, init.E, [next(it) for _ in range(steps)]
 
 
-def vqref_train(X, W, E, estimator, steps, B, **kw):
+# Both sides of the race take the study's learning rates and every step they are given.
+RACE_LR = dict(lrW=vqref.STUDY["lrW"], lrE=vqref.STUDY["lrE"])
+
+
+def vqref_train(X, W, E, estimator, steps, B):
     return vqref.train(
         X,
         estimator=estimator,
@@ -118,11 +122,13 @@ def vqref_train(X, W, E, estimator, steps, B, **kw):
         batch=B,
         init_W=W,
         init_E=E,
-        **kw,
+        tol=None,
+        **RACE_LR,
     )
 
 
-def torch_loop(torch, Xc, W, E, batches, estimator, lrW=0.08, lrE=0.2, beta=0.25, alpha=1.0):
+def torch_loop(torch, Xc, W, E, batches, estimator, lrW=RACE_LR["lrW"], lrE=RACE_LR["lrE"],
+               beta=0.25, alpha=1.0):
     """README eq. 4 with autograd, the same estimators, the SGD step on E and the Stiefel
     QR step on W, in float64, on the centred data."""
     X, W, E = torch.from_numpy(Xc), torch.from_numpy(W.copy()), torch.from_numpy(E.copy())
@@ -373,7 +379,8 @@ def bench_scale(quick, results):
     N2, steps = (4000, 5) if quick else (50_000, 50)
     X = vqref.make_data(N2, 512, seed=0, rank=128)
     sec, peak = traced(
-        lambda: vqref.train(X, K=512, m=64, batch=4096 if not quick else 512, steps=steps)
+        lambda: vqref.train(X, K=512, m=64, batch=4096 if not quick else 512, steps=steps,
+                            tol=None, **RACE_LR)
     )
     rows.append((f"train N={N2} D=512 m=64 K=512 x{steps}", X.nbytes, sec, peak))
     print(f"{'run':<42} {'data':>9} {'time':>8} {'peak':>9} {'bound':>9}  within")

@@ -1273,6 +1273,18 @@ def test_bench_markdown_writes_its_tables_between_the_markers_only(tmp_path):
     assert (tmp_path / "BENCHMARKS.md").read_text() == first   # a function of the JSON alone
 
 
+def test_bench_trains_the_same_model_as_its_pytorch_loop(tmp_path):
+    pytest.importorskip("torch")
+    saved = tmp_path / "quick.json"
+    out = run_bench("--quick", "--threads", "1", "--repeats", "1", "--only", "training",
+                    "--json", str(saved))
+    assert out.returncode == 0, out.stderr
+    (run,) = json.loads(saved.read_text())
+    rows = run["training"]
+    assert [r["estimator"] for r in rows] == ["ste", "rotation"]
+    assert all(r["max_abs_diff_after_3_steps"] <= 1e-8 for r in rows)
+
+
 def test_bench_refuses_to_write_quick_figures_into_the_project():
     readme = open(os.path.join(HERE, "README.md")).read()
     out = run_bench("--quick", "--markdown")

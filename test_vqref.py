@@ -733,7 +733,8 @@ def test_load_refuses_files_that_are_not_vqref_models(small_data, tmp_path):
         arrays = dict(npz)
     np.savez(tmp_path / "e.npz", **dict(arrays, vqref_format=np.array("vqref-linear-0")))
     np.savez(tmp_path / "f.npz", **dict(arrays, E=arrays["E"][:, :3]))
-    for name in ("a.npy", "b.txt", "c.npz", "e.npz", "missing.npz"):
+    np.savez(tmp_path / "g.npz", **{k: v for k, v in arrays.items() if k != "settings"})
+    for name in ("a.npy", "b.txt", "c.npz", "e.npz", "g.npz", "missing.npz"):
         with pytest.raises(ValueError, match="is not a vqref model file"):
             vqref.load(tmp_path / name)
     with pytest.raises(ValueError, match="E must have 4 columns"):

@@ -47,7 +47,7 @@ GRAD_TOL = 1e-6               # manual vs finite differences: the largest relati
 ANTIPARALLEL_TOL = 1e-6       # ||u + v|| below this: the rotation becomes a reflection (eq. 6)
 LRW_TIMES_VARIANCE_MAX = 1.0  # train() refuses lrW * (top variance of X) above this
 MODEL_FORMAT = "vqref-linear-1"  # save()'s format tag
-LRW_PER_VARIANCE = 0.16       # train()'s default lrW * (top variance): 0.08 on make_data's
+LRW_PER_VARIANCE = 0.16       # train()'s default lrW is this / (top variance of X)
 
 
 # ------------------------------------------------------------------------- data
@@ -446,6 +446,9 @@ def load(path):
     if str(arrays.get("vqref_format", "")) != MODEL_FORMAT:
         raise ValueError(f"path {path!r} is not a vqref model file (no "
                          f"vqref_format={MODEL_FORMAT!r} entry)")
+    missing = [key for key in ("mean", "W", "E", "settings") if key not in arrays]
+    if missing:
+        raise ValueError(f"path {path!r} is not a vqref model file (no {', '.join(missing)})")
     history = {key[len("history."):]: values for key, values in arrays.items()
                if key.startswith("history.")}
     settings = json.loads(str(arrays["settings"]))

@@ -24,18 +24,24 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")  # one BLAS thread per process, before numpy
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import datetime  # noqa: E402
+import importlib.util  # noqa: E402
 import inspect  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
 import re  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
-import numpy as np  # noqa: E402
+try:
+    import numpy as np  # noqa: E402
+except ModuleNotFoundError:  # a bare python3: say what to install, not a traceback
+    print("figures.py needs numpy and matplotlib: .venv/bin/python -m pip install '.[plots]'",
+          file=sys.stderr)
+    sys.exit(2)
 
 import vqref  # noqa: E402
 

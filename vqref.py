@@ -1312,7 +1312,8 @@ DEMO_FLAGS = (  # flag, type, default, help (%(default)s: argparse fills it in)
 def _demo_args(argv):
     parser = argparse.ArgumentParser(prog="vqref", description=main.__doc__)
     for flag, typ, default, what in DEMO_FLAGS:
-        parser.add_argument(f"--{flag}", type=typ, default=default, help=what)
+        metavar = "FILE" if flag == "data" else None
+        parser.add_argument(f"--{flag}", type=typ, default=default, help=what, metavar=metavar)
     return parser, parser.parse_args(argv)
 
 

@@ -47,6 +47,7 @@ GRAD_TOL = 1e-6               # manual vs finite differences: the largest relati
 ANTIPARALLEL_TOL = 1e-6       # ||u + v|| below this: the rotation becomes a reflection (eq. 6)
 LRW_TIMES_VARIANCE_MAX = 1.0  # train() refuses lrW * (top variance of X) above this
 MODEL_FORMAT = "vqref-linear-1"  # save()'s format tag
+MLP_MODEL_FORMAT = "vqref-mlp-1"  # save()'s format tag of an MLPModel
 LRW_PER_VARIANCE = 0.16       # train()'s default lrW is this / (top variance of X)
 
 
@@ -400,14 +401,32 @@ def encode(X, model):
     Their dtype is the smallest unsigned integer type that holds ``K - 1`` (``uint8`` up to
     K = 256): ``log2 K`` bits of information a row, stored in one byte for K = 32.
     """
-    mean, W, E = _check_model(model)
-    X = _as_matrix(X, "X", cols=W.shape[0])
-    codes = _assign((X - mean) @ W, E)
+    if isinstance(model, MLPModel):                                 # G codes a row (eq. 21)
+        Z, (_, _, _, E, G) = _mlp_latents(X, model)
+        codes = _assign(Z, E).reshape(-1, G)
+        if G == 1:
+            codes = codes[:, 0]
+    else:
+        mean, W, E = _check_model(model)
+        X = _as_matrix(X, "X", cols=W.shape[0])
+        codes = _assign((X - mean) @ W, E)
     return codes.astype(np.min_scalar_type(E.shape[0] - 1))
 
 
 def decode(codes, model):
-    """Reconstructions ``mean + E[codes] W^T`` (N, D) of the codes (N,)."""
+    """Reconstructions ``mean + E[codes] W^T`` (N, D) of the codes (N,); for an
+    :class:`MLPModel`, its decoder on the codewords of the codes (N,) or (N, G)."""
+    if isinstance(model, MLPModel):
+        parts = _check_mlp_model(model)
+        E, G = parts[3], parts[4]
+        c = np.asarray(codes)
+        if G > 1:
+            if c.ndim != 2 or c.shape[1] != G:
+                raise ValueError(f"codes must have shape (N, {G}) for a model with "
+                                 f"groups={G}, got {c.shape}")
+            c = c.reshape(-1)
+        c = _check_codes(c, E.shape[0])
+        return _mlp_decode(E[c].reshape(-1, G * E.shape[1]), parts)
     mean, W, E = _check_model(model)
     codes = _check_codes(codes, E.shape[0])
     return mean + E[codes] @ W.T
@@ -420,8 +439,14 @@ def save(model, path):
     text (a value JSON cannot hold, such as a Generator seed, as its ``repr``). No pickle.
     The file is written to ``path`` exactly (no ``.npz`` is appended).
     """
-    mean, W, E = _check_model(model)
-    arrays = {"vqref_format": np.array(MODEL_FORMAT), "mean": mean, "W": W, "E": E}
+    if isinstance(model, MLPModel):
+        mean, scale, params, E, G = _check_mlp_model(model)
+        arrays = {"vqref_format": np.array(MLP_MODEL_FORMAT), "mean": mean,
+                  "scale": np.array(scale), "E": E, "groups": np.array(G)}
+        arrays.update({"params." + name: params[name] for name in MLP_PARAMS})
+    else:
+        mean, W, E = _check_model(model)
+        arrays = {"vqref_format": np.array(MODEL_FORMAT), "mean": mean, "W": W, "E": E}
     for key, values in getattr(model, "history", {}).items():
         arrays["history." + key] = np.asarray(values)
     settings = getattr(model, "settings", {})
@@ -443,17 +468,29 @@ def load(path):
             arrays = {key: npz[key] for key in npz.files}
     except (OSError, ValueError, EOFError) as err:                 # unreadable, or a bad zip
         raise ValueError(f"path {path!r} is not a vqref model file ({err})") from None
-    if str(arrays.get("vqref_format", "")) != MODEL_FORMAT:
+    kind = str(arrays.get("vqref_format", ""))
+    if kind not in (MODEL_FORMAT, MLP_MODEL_FORMAT):
         raise ValueError(f"path {path!r} is not a vqref model file (no "
-                         f"vqref_format={MODEL_FORMAT!r} entry)")
-    missing = [key for key in ("mean", "W", "E", "settings") if key not in arrays]
+                         f"vqref_format={MODEL_FORMAT!r} or {MLP_MODEL_FORMAT!r} entry)")
+    needed = ["mean", "E", "settings"]
+    if kind == MODEL_FORMAT:
+        needed.append("W")
+    else:
+        needed += ["scale", "groups"] + ["params." + name for name in MLP_PARAMS]
+    missing = [key for key in needed if key not in arrays]
     if missing:
         raise ValueError(f"path {path!r} is not a vqref model file (no {', '.join(missing)})")
     history = {key[len("history."):]: values for key, values in arrays.items()
                if key.startswith("history.")}
     settings = json.loads(str(arrays["settings"]))
-    model = TrainResult(arrays["mean"], arrays["W"], arrays["E"], history, settings)
-    _check_model(model)
+    if kind == MODEL_FORMAT:
+        model = TrainResult(arrays["mean"], arrays["W"], arrays["E"], history, settings)
+        _check_model(model)
+    else:
+        params = {name: arrays["params." + name] for name in MLP_PARAMS}
+        model = MLPModel(arrays["mean"], float(arrays["scale"]), params, arrays["E"],
+                         int(arrays["groups"]), history, settings)
+        _check_mlp_model(model)
     return model
 
 
@@ -634,14 +671,27 @@ def evaluate(X, model):
 
     Returns a dict: ``mse`` (mean ``||x - x_hat||^2``), ``distortion`` (mean
     ``||z - e_k||^2``), ``entropy`` (nats), ``perplexity`` (``exp(entropy)``),
-    ``dead_codes`` (unused codes), ``max_entropy`` (``log K``).
+    ``dead_codes`` (unused codes), ``max_entropy`` (``log K``). For an
+    :class:`MLPModel` with G codes a row, ``distortion`` sums a row's G codes and the
+    usage counts all N G codes.
     """
-    mean, W, E = _check_model(model)
-    Xc = _as_matrix(X, "X", cols=W.shape[0]) - mean                 # (N, D)
-    Z = Xc @ W                                                      # (N, m)
-    k = _assign(Z, E)                                               # (N,)
-    Q = E[k]                                                        # (N, m)
-    X_hat = Q @ W.T                                                 # (N, D), about the mean
+    if isinstance(model, MLPModel):
+        X = _as_matrix(X, "X")
+        Z, parts = _mlp_latents(X, model)                           # (N G, m)
+        E = parts[3]
+        k = _assign(Z, E)
+        Q = E[k]
+        Xc = X - parts[0]
+        X_hat = _mlp_decode(Q.reshape(X.shape[0], -1), parts) - parts[0]
+        Z = Z.reshape(X.shape[0], -1)                               # the row's G codes
+        Q = Q.reshape(X.shape[0], -1)
+    else:
+        mean, W, E = _check_model(model)
+        Xc = _as_matrix(X, "X", cols=W.shape[0]) - mean             # (N, D)
+        Z = Xc @ W                                                  # (N, m)
+        k = _assign(Z, E)                                           # (N,)
+        Q = E[k]                                                    # (N, m)
+        X_hat = Q @ W.T                                             # (N, D), about the mean
     counts = np.bincount(k, minlength=E.shape[0])
     _warn_if_collapsed(counts, "X")
     H = usage_entropy(counts)
@@ -733,6 +783,315 @@ def baseline(X, K=32, m=4, *, seed=0, max_iter=1000):
     E, info = lloyd_max((X - mean) @ W, K, seed=seed, max_iter=max_iter)
     settings = dict(K=K, m=m, seed=seed, n_iter=info["n_iter"], converged=info["converged"])
     return TrainResult(mean, W, E, {"distortion": info["history"]}, settings)
+
+
+# ------------------------------------------- a nonlinear encoder and decoder (eqs. 19-35)
+MLP_PARAMS = ("W1", "b1", "W2", "b2", "V1", "c1", "V2", "c2")
+
+
+@dataclass
+class MLPModel:
+    """A nonlinear model: rows ``x`` (D,) are read as ``(x - mean) / scale``, encoded by the
+    MLP ``params`` into ``groups`` latents of ``m`` (README eqs. 19-20), quantized by ``E``
+    (K, m) and decoded by the second MLP (eqs. 22-23), then ``x_hat * scale + mean``.
+
+    :func:`train_mlp` returns one; :func:`encode`, :func:`decode`, :func:`evaluate`,
+    :func:`save` and :func:`load` take it as they take a :class:`TrainResult`.
+    """
+    mean: np.ndarray
+    scale: float
+    params: dict
+    E: np.ndarray
+    groups: int = 1
+    history: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+
+def mlp_init(D, m, K, *, groups=1, hidden=128, seed=0):
+    """Initial ``params`` of the nonlinear model for D inputs: LeCun normal weights.
+
+    Each weight matrix (fan_in, fan_out) is drawn from ``N(0, 1 / fan_in)`` and each bias is
+    0, so a layer keeps unit-variance inputs near unit variance: tanh starts in its
+    near-linear range, neither saturated nor vanishing. ``K`` is not used (the codebook is
+    k-means++ on the initial latents); it is here so the shapes read as in :func:`train_mlp`.
+    """
+    rng = _rng(seed, "seed")
+    G = _check_int(groups, "groups", 1)
+    H = _check_int(hidden, "hidden", 1)
+    weights = {"W1": (D, H), "W2": (H, G * m), "V1": (G * m, H), "V2": (H, D)}
+    biases = {"b1": H, "b2": G * m, "c1": H, "c2": D}
+    params = {}
+    for name in MLP_PARAMS:
+        if name in weights:
+            fan_in, fan_out = weights[name]
+            params[name] = rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in)
+        else:
+            params[name] = np.zeros(biases[name])
+    return params
+
+
+def mlp_forward(X, params, E):
+    """README eqs. 19-24 on a batch ``X`` (B, D): returns ``(rec, dist, cache)``.
+
+    The loss is ``rec + (alpha + beta) dist``; ``dist`` sums the ``G`` codes of each row.
+    """
+    p = params
+    B = X.shape[0]
+    m = E.shape[1]
+    H1 = np.tanh(X @ p["W1"] + p["b1"])                             # (B, H)    eq. 19
+    Z = H1 @ p["W2"] + p["b2"]                                      # (B, G m)  eq. 20
+    Zg = Z.reshape(-1, m)                                           # (B G, m)  one code each
+    k = assign(Zg, E)                                               # (B G,)    eq. 21
+    Qg = E[k]                                                       # (B G, m)  eq. 21, value of q
+    Q = Qg.reshape(B, -1)                                           # (B, G m)
+    H2 = np.tanh(Q @ p["V1"] + p["c1"])                             # (B, H)    eq. 22
+    X_hat = H2 @ p["V2"] + p["c2"]                                  # (B, D)    eq. 23
+    rec = np.sum((X - X_hat) ** 2) / B                              # eq. 24, reconstruction
+    dist = np.sum((Zg - Qg) ** 2) / B                               # eq. 24, both code terms
+    cache = dict(X=X, params=p, E=E, H1=H1, Zg=Zg, k=k, Qg=Qg, Q=Q, H2=H2, X_hat=X_hat)
+    return rec, dist, cache
+
+
+def mlp_backward(cache, estimator="ste", beta=0.25, alpha=1.0):
+    """Gradients of the loss (24) for every parameter and ``"E"``, eqs. 25-33 (a dict)."""
+    X, p, E = cache["X"], cache["params"], cache["E"]
+    H1, Zg, k, Qg, Q, H2 = (cache[name] for name in ("H1", "Zg", "k", "Qg", "Q", "H2"))
+    B = X.shape[0]
+    g = {}
+    dX_hat = (2.0 / B) * (cache["X_hat"] - X)                       # (B, D)    eq. 25
+    g["V2"] = H2.T @ dX_hat                                         # (H, D)    eq. 26
+    g["c2"] = dX_hat.sum(axis=0)                                    # (D,)      eq. 26
+    dP = (dX_hat @ p["V2"].T) * (1.0 - H2 ** 2)                     # (B, H)    eq. 27
+    g["V1"] = Q.T @ dP                                              # (G m, H)  eq. 28
+    g["c1"] = dP.sum(axis=0)                                        # (H,)      eq. 28
+    dQ = (dP @ p["V1"].T).reshape(Zg.shape)                         # (B G, m)  eq. 29
+    if estimator == "ste":
+        dZ_rec = dQ                                                 # (B G, m)  eq. 30 with (10)
+    else:
+        factors = rotation_factors(Zg, Qg)
+        dZ_rec = apply_rotation(dQ, factors, transpose=True)        # (B G, m)  eq. 30 with (11)
+    dZ = (dZ_rec + (2.0 * beta / B) * (Zg - Qg)).reshape(B, -1)     # (B, G m)  eq. 30 with (12)
+    g["W2"] = H1.T @ dZ                                             # (H, G m)  eq. 31
+    g["b2"] = dZ.sum(axis=0)                                        # (G m,)    eq. 31
+    dA = (dZ @ p["W2"].T) * (1.0 - H1 ** 2)                         # (B, H)    eq. 32
+    g["W1"] = X.T @ dA                                              # (D, H)    eq. 33
+    g["b1"] = dA.sum(axis=0)                                        # (H,)      eq. 33
+    dE = np.zeros_like(E)
+    np.add.at(dE, k, Qg - Zg)                                       # (K, m)    eq. 14, all B G
+    g["E"] = dE * (2.0 * alpha / B)
+    return {name: g[name] for name in MLP_PARAMS + ("E",)}
+
+
+def mlp_loss_and_grads(X, params, E, *, estimator="ste", beta=0.25, alpha=1.0):
+    """Loss (24) and its gradients (25-33): ``(loss, grads)``, grads keyed as ``params`` + "E".
+
+    ``X`` (B, D) rows as given (no centring or scaling here), ``params`` as from
+    :func:`mlp_init`, ``E`` (K, m). The latent width ``G m`` is ``params["W2"]``'s columns.
+    """
+    X, params, E = _check_mlp_XpE(X, params, E, estimator)
+    beta = _check_real(beta, "beta")
+    alpha = _check_real(alpha, "alpha")
+    rec, dist, cache = mlp_forward(X, params, E)
+    return rec + (alpha + beta) * dist, mlp_backward(cache, estimator, beta, alpha)
+
+
+def mlp_frozen_surrogate(X, params, E, estimator="ste", beta=0.25, alpha=1.0):
+    """``L~(params, E)`` of eq. 35: the loss (24) with codes and every ``sg(.)`` frozen."""
+    _, _, c0 = mlp_forward(X, params, E)
+    Z0, k, Q0 = c0["Zg"], c0["k"], c0["Qg"]
+    if estimator == "ste":
+        def phi(Zg):
+            return Zg + (Q0 - Z0)                                   # eq. 5, sg(e - z) frozen
+    else:
+        F = rotation_factors(Z0, Q0)
+
+        def phi(Zg):
+            return apply_rotation(Zg, F)                            # eq. 6, sg(lam R) frozen
+
+    def L(p, E):
+        B = X.shape[0]
+        Zg = (np.tanh(X @ p["W1"] + p["b1"]) @ p["W2"] + p["b2"]).reshape(Z0.shape)
+        Q = phi(Zg).reshape(B, -1)
+        X_hat = np.tanh(Q @ p["V1"] + p["c1"]) @ p["V2"] + p["c2"]
+        rec = np.sum((X - X_hat) ** 2)
+        codebook = alpha * np.sum((Z0 - E[k]) ** 2)                 # sg(z) frozen at Z0
+        commitment = beta * np.sum((Zg - Q0) ** 2)                  # sg(e) frozen at Q0
+        return (rec + codebook + commitment) / B
+    return L
+
+
+def mlp_numerical_grads(X, params, E, *, estimator="ste", beta=0.25, alpha=1.0, h=1e-6):
+    """Central differences of eq. 35 for every parameter and ``"E"`` (a dict, as
+    :func:`mlp_loss_and_grads`)."""
+    X, params, E = _check_mlp_XpE(X, params, E, estimator)
+    beta = _check_real(beta, "beta")
+    alpha = _check_real(alpha, "alpha")
+    h = _check_real(h, "h", positive=True)
+    L = mlp_frozen_surrogate(X, params, E, estimator, beta, alpha)
+    grads = {}
+    with np.errstate(over="ignore", invalid="ignore"):             # a bad h is reported below
+        for name in MLP_PARAMS:
+            def f(P, name=name):
+                return L(dict(params, **{name: P}), E)
+            grads[name] = central_differences(f, params[name], h)
+        grads["E"] = central_differences(lambda P: L(params, P), E, h)
+    if not all(np.all(np.isfinite(v)) for v in grads.values()):
+        raise ValueError(f"h={h:g} gives non-finite differences; use h near 1e-6")
+    return grads
+
+
+def mlp_grad_check(X, params, E, *, estimator="ste", beta=0.25, alpha=1.0, h=1e-6,
+                   verbose=False):
+    """Largest relative error of :func:`mlp_loss_and_grads` against
+    :func:`mlp_numerical_grads`; ``verbose`` prints a row per parameter as :func:`grad_check`.
+    """
+    _, manual = mlp_loss_and_grads(X, params, E, estimator=estimator, beta=beta, alpha=alpha)
+    numerical = mlp_numerical_grads(X, params, E, estimator=estimator, beta=beta, alpha=alpha,
+                                    h=h)
+    errs = []
+    for name in MLP_PARAMS + ("E",):
+        err = relative_error(manual[name], numerical[name])
+        errs.append(err)
+        if verbose:
+            diff = np.max(np.abs(manual[name] - numerical[name]))
+            verdict = "OK" if err < GRAD_TOL else "NOT OK"
+            print(f"{estimator:<9} d{name:<3} {diff:12.1e} {err:12.1e}  {verdict}")
+    return max(errs)
+
+
+def adam_step(P, G, state, lr, *, b1=0.9, b2=0.999, eps=1e-8):
+    """One Adam step [8] on the array ``P`` in place, for its gradient ``G`` (eq. 34).
+
+    ``state`` is a dict holding ``t`` and the moment arrays ``m`` and ``v`` (created at 0 on
+    the first call): ``m = b1 m + (1 - b1) G``, ``v = b2 v + (1 - b2) G^2``, then
+    ``P -= lr m_hat / (sqrt(v_hat) + eps)`` with the bias corrections ``1 - b^t``.
+    """
+    if "m" not in state:
+        state.update(t=0, m=np.zeros_like(P), v=np.zeros_like(P))
+    state["t"] += 1
+    t = state["t"]
+    state["m"] = b1 * state["m"] + (1.0 - b1) * G                  # eq. 34, first moment
+    state["v"] = b2 * state["v"] + (1.0 - b2) * G * G              # eq. 34, second moment
+    m_hat = state["m"] / (1.0 - b1 ** t)
+    v_hat = state["v"] / (1.0 - b2 ** t)
+    P -= lr * m_hat / (np.sqrt(v_hat) + eps)                        # eq. 34
+    return P
+
+
+def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-3, steps=20000,
+              batch=256, beta=0.25, alpha=1.0, seed=0, tol=1e-3, window=500, eval_X=None,
+              eval_every=500):
+    """Fit the nonlinear model (README eqs. 19-34) to the rows of ``X`` by Adam.
+
+    The rows are centred by their mean and divided by one scale (the root mean column
+    variance), so data of any scale trains with the same ``lr``. The weights start as
+    :func:`mlp_init`, the codebook as k-means++ on the initial latents. Each step takes a
+    batch of :func:`minibatches`, computes :func:`mlp_forward` and :func:`mlp_backward`, and
+    makes one :func:`adam_step` on every parameter and the codebook together. The defaults
+    are the README's protocol for this model: a user who changes nothing gets it.
+
+    Parameters
+    ----------
+    X : array (N, D)
+        Training rows, any mean and scale (the model carries both).
+    estimator : {"ste", "rotation"}
+    K, m : int
+        Codebook size and the width of one code.
+    groups : int
+        Codes per row, G: the encoder's output (G m) is read as G codes of m, each
+        quantized by the shared codebook.
+    hidden : int
+        Width of the hidden layer of the encoder and of the decoder.
+    lr : float
+        Adam's step size, for every parameter and the codebook.
+    steps : int
+        The most steps to take.
+    batch : int
+        Rows per step (at most N).
+    beta, alpha : float
+        Commitment and codebook weights of the loss (24).
+    seed : int or numpy.random.Generator
+        Seeds the initial weights, the initial codebook and the batches.
+    tol : float or None
+        Stop once the mean training *reconstruction* error of the last ``window`` steps is
+        less than ``tol`` (relative) below that of the ``window`` before; None: run all
+        ``steps``. (The latents' scale is free here, so the code terms can fall while the
+        reconstruction does not: they are not watched.)
+    window : int
+    eval_X : array (N', D), optional
+        Rows evaluated every ``eval_every`` steps and after the last.
+    eval_every : int
+
+    Returns
+    -------
+    MLPModel
+        History per step, on its batch before the update: ``loss``, ``mse`` (in the data's
+        units), ``entropy``, ``dead_codes``, ``latent_norm`` (mean ``||z||`` of a code); with
+        ``eval_X``, ``eval_mse`` and ``eval_entropy`` (NaN between evaluations). Settings
+        with ``steps_run``.
+
+    Raises
+    ------
+    ValueError
+        For a bad argument, naming it.
+    FloatingPointError
+        When training diverges (naming ``lr``).
+    """
+    X, settings = _check_train_mlp(X, locals())
+    N, D = X.shape
+    batch = settings["batch"]
+    mean = X.mean(axis=0)                                           # (D,)
+    scale = float(np.sqrt(np.mean(X.var(axis=0))))                 # one scale for all columns
+    Xs = (X - mean) / scale                                         # (N, D), unit mean variance
+    init_seed, batch_seed = _train_seeds(seed)
+    rng = np.random.default_rng(init_seed)
+    params = mlp_init(D, m, K, groups=groups, hidden=hidden, seed=rng)
+    _, _, c0 = mlp_forward(Xs, params, np.zeros((1, m)))           # the initial latents
+    _check_distinct_rows(c0["Zg"], K)
+    E = kmeans_pp(c0["Zg"], K, rng)                                 # (K, m)
+    theta, views = _pack(params, E)                                 # one vector, views into it
+    params = {name: views[name] for name in MLP_PARAMS}
+    E = views["E"]
+    adam = {}
+    keys = ["loss", "mse", "entropy", "latent_norm"]
+    if eval_X is not None:
+        keys += ["eval_mse", "eval_entropy"]
+    hist = {key: np.full(steps, np.nan) for key in keys}
+    hist["dead_codes"] = np.zeros(steps, dtype=np.int64)
+    batches = _epochs(N, batch, np.random.default_rng(batch_seed))  # = minibatches
+    t = -1
+    for t in range(steps):
+        idx = next(batches)
+        with np.errstate(over="ignore", invalid="ignore"):          # divergence: checked next
+            rec, dist, cache = mlp_forward(Xs[idx], params, E)
+            grads = mlp_backward(cache, estimator, beta, alpha)
+            adam_step(theta, _pack_grads(grads, theta.size), adam, lr)
+        loss = rec + (alpha + beta) * dist
+        if not (np.isfinite(loss) and np.all(np.isfinite(theta))):
+            raise FloatingPointError(f"training diverged at step {t}; lower the learning "
+                                     f"rate (lr={lr:g})")
+        counts = np.bincount(cache["k"], minlength=K)
+        hist["loss"][t] = loss
+        hist["mse"][t] = rec * scale ** 2
+        hist["entropy"][t] = _entropy(counts)
+        hist["dead_codes"][t] = np.sum(counts == 0)
+        hist["latent_norm"][t] = np.mean(np.sqrt(np.sum(cache["Zg"] ** 2, axis=1)))
+        stop = False
+        if tol is not None and (t + 1) % window == 0:
+            stop = levelled_off(hist["mse"][:t + 1], window, tol)
+        if eval_X is not None and (t % eval_every == 0 or t == steps - 1 or stop):
+            ev = evaluate(eval_X, MLPModel(mean, scale, _copy(params), E.copy(), groups))
+            hist["eval_mse"][t] = ev["mse"]
+            hist["eval_entropy"][t] = ev["entropy"]
+        if stop:
+            break
+    hist = {key: values[:t + 1] for key, values in hist.items()}
+    model = MLPModel(mean, scale, _copy(params), E.copy(), groups, hist,
+                     dict(settings, steps_run=t + 1))
+    if t >= 0:
+        counts = np.bincount(encode(X[idx], model).ravel(), minlength=K)
+        _warn_if_collapsed(counts, "the last training batch")
+    return model
 
 
 # ---------------------------------------------------------------------- protocols
@@ -1283,6 +1642,137 @@ def _rotation_backward(G, Z, Q):
             w /= ns
             return (G - 2.0 * dot(w, G) * w + 2.0 * dot(v, G) * u) * (ne / nz)
     return apply_rotation(G.T, rotation_factors(Z.T, Q.T), transpose=True).T
+
+
+# ---------------------------------------------------- the nonlinear model's plumbing
+TRAIN_MLP_SETTINGS = ("estimator", "K", "m", "groups", "hidden", "lr", "steps", "batch",
+                      "beta", "alpha", "seed", "tol", "window")
+
+
+def _pack(params, E):
+    """One float64 vector holding ``params`` (in MLP_PARAMS order) and ``E``, and a dict of
+    views into it with their shapes: an Adam step on the vector updates them all."""
+    arrays = [params[name] for name in MLP_PARAMS] + [E]
+    theta = np.concatenate([np.ravel(a) for a in arrays]).astype(np.float64)
+    views = {}
+    start = 0
+    for name, a in zip(MLP_PARAMS + ("E",), arrays):
+        size = np.size(a)
+        views[name] = theta[start:start + size].reshape(np.shape(a))
+        start += size
+    return theta, views
+
+
+def _pack_grads(grads, size):
+    """The gradients as one vector in :func:`_pack`'s order."""
+    out = np.concatenate([grads[name].ravel() for name in MLP_PARAMS + ("E",)])
+    assert out.size == size
+    return out
+
+
+def _copy(params):
+    return {name: np.array(value) for name, value in params.items()}
+
+
+def _check_mlp_params(params, D=None):
+    """``params`` as a dict of finite float64 arrays of matching shapes: (params, D, H, G m)."""
+    if not isinstance(params, dict) or set(params) != set(MLP_PARAMS):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"params must be a dict with keys {', '.join(MLP_PARAMS)}, got {got}")
+    p = {"W1": _as_matrix(params["W1"], "params['W1']"),
+         "W2": _as_matrix(params["W2"], "params['W2']")}
+    D_, H = p["W1"].shape
+    Gm = p["W2"].shape[1]
+    shapes = {"W1": (D_, H), "b1": (H,), "W2": (H, Gm), "b2": (Gm,), "V1": (Gm, H),
+              "c1": (H,), "V2": (H, D_), "c2": (D_,)}
+    for name in MLP_PARAMS:
+        value = np.asarray(params[name], dtype=np.float64)
+        if value.shape != shapes[name]:
+            raise ValueError(f"params['{name}'] must have shape {shapes[name]}, "
+                             f"got {value.shape}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"params['{name}'] contains NaN or inf")
+        p[name] = value
+    if D is not None and D_ != D:
+        raise ValueError(f"params['W1'] must have {D} rows (X's columns), got {D_}")
+    return p, D_, H, Gm
+
+
+def _check_mlp_XpE(X, params, E, estimator):
+    X = _as_matrix(X, "X")
+    params, _, _, Gm = _check_mlp_params(params, X.shape[1])
+    E = _as_matrix(E, "E")
+    if Gm % E.shape[1]:
+        raise ValueError(f"E must have a number of columns m that divides the latent width "
+                         f"{Gm} (params['W2']'s columns), got shape {E.shape}")
+    _check_estimator(estimator, ("ste", "rotation"))
+    return X, params, E
+
+
+def _check_train_mlp(X, a):
+    """Validate train_mlp()'s arguments ``a`` (its locals): returns X and the settings."""
+    X = _as_matrix(X, "X")
+    N, D = X.shape
+    _check_estimator(a["estimator"], ("ste", "rotation"))
+    int_ranges = (("K", 1, None), ("m", 1, None), ("groups", 1, None), ("hidden", 1, None),
+                  ("steps", 0, 10 ** 7), ("batch", 1, None), ("window", 1, None),
+                  ("eval_every", 1, None))
+    for name, low, high in int_ranges:
+        _check_int(a[name], name, low, high)
+    if a["K"] > N * a["groups"]:
+        raise ValueError(f"K={a['K']} is more than the {N * a['groups']} latents of X "
+                         f"({N} rows x groups={a['groups']})")
+    if not isinstance(a["seed"], np.random.Generator):
+        _check_int(a["seed"], "seed", 0)
+    _check_real(a["lr"], "lr", positive=True)
+    _check_real(a["beta"], "beta")
+    if _check_real(a["alpha"], "alpha") == 0:
+        warnings.warn("alpha=0: the codebook gets no gradient from the loss; Adam leaves it "
+                      "at its initial value", stacklevel=3)
+    if a["tol"] is not None:
+        _check_real(a["tol"], "tol")
+    if a["eval_X"] is not None:
+        _as_matrix(a["eval_X"], "eval_X", cols=D)
+    if np.all(X.var(axis=0) == 0):
+        raise ValueError("X has no variance: every row is the same")
+    settings = {name: a[name] for name in TRAIN_MLP_SETTINGS}
+    if settings["batch"] > N:
+        warnings.warn(f"batch={settings['batch']} is larger than the data (N={N}); "
+                      f"using batch={N}", stacklevel=3)
+        settings["batch"] = N
+    return X, settings
+
+
+def _check_mlp_model(model):
+    """An MLPModel's ``(mean (D,), scale, params, E (K, m), G)``, checked to fit together."""
+    params, D, _, Gm = _check_mlp_params(model.params)
+    mean = np.asarray(model.mean, dtype=np.float64)
+    if mean.shape != (D,) or not np.all(np.isfinite(mean)):
+        raise ValueError(f"model.mean must be finite with shape ({D},), got {mean.shape}")
+    scale = float(model.scale)
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"model.scale must be a positive number, got {model.scale!r}")
+    G = _check_int(model.groups, "model.groups", 1)
+    if Gm % G:
+        raise ValueError(f"model.groups={G} does not divide the latent width {Gm}")
+    E = _as_matrix(model.E, "model.E", cols=Gm // G)
+    return mean, scale, params, E, G
+
+
+def _mlp_latents(X, model):
+    """The rows' latents (N G, m) and the checked model parts."""
+    mean, scale, params, E, G = _check_mlp_model(model)
+    X = _as_matrix(X, "X", cols=mean.shape[0])
+    H1 = np.tanh((X - mean) / scale @ params["W1"] + params["b1"])
+    Z = (H1 @ params["W2"] + params["b2"]).reshape(-1, E.shape[1])
+    return Z, (mean, scale, params, E, G)
+
+
+def _mlp_decode(Q, model_parts):
+    """Rows in the data's units (N, D) from the quantized latents ``Q`` (N, G m)."""
+    mean, scale, params, _, _ = model_parts
+    X_hat = np.tanh(Q @ params["V1"] + params["c1"]) @ params["V2"] + params["c2"]
+    return X_hat * scale + mean
 
 
 # --------------------------------------------------------------- demo plumbing

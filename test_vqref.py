@@ -672,6 +672,200 @@ def test_stiefel_step_refuses_a_bad_learning_rate(lr):
         vqref.stiefel_step(W, W, lr)
 
 
+# ---------------------------------------------- the nonlinear model (eqs. 19-35)
+
+def mlp_point(seed, *, B=40, D=6, m=2, K=5, groups=1, hidden=7):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((B, D)) @ rng.standard_normal((D, D)) * 0.5 + 0.2
+    params, E = vqref.mlp_check_point(X, m, K, groups=groups, hidden=hidden, seed=seed)
+    return X, params, E
+
+
+def mlp_autograd(torch, X, params, E, estimator, beta, alpha):
+    """Loss (24) and every gradient by PyTorch autograd: sg(.) as detach(), codes of eq. 21."""
+    t = {name: torch.tensor(v, dtype=torch.float64, requires_grad=True)
+         for name, v in dict(params, E=E).items()}
+    X = torch.tensor(X, dtype=torch.float64)
+    B, m = X.shape[0], E.shape[1]
+    Z = (torch.tanh(X @ t["W1"] + t["b1"]) @ t["W2"] + t["b2"]).reshape(-1, m)
+    k = torch.from_numpy(vqref.nearest_codeword(Z.detach().numpy(), E))
+    Q = t["E"][k]
+    if estimator == "ste":
+        q = Z + (Q - Z).detach()                                    # eq. 5
+    else:
+        with torch.no_grad():                                       # eq. 6: sg(lam R)
+            u = Z / Z.norm(dim=1, keepdim=True)
+            v = Q / Q.norm(dim=1, keepdim=True)
+            w = (u + v) / (u + v).norm(dim=1, keepdim=True)
+            lam = Q.norm(dim=1, keepdim=True) / Z.norm(dim=1, keepdim=True)
+        q = lam * (Z - 2 * w * (w * Z).sum(1, keepdim=True) + 2 * v * (u * Z).sum(1, keepdim=True))
+    X_hat = torch.tanh(q.reshape(B, -1) @ t["V1"] + t["c1"]) @ t["V2"] + t["c2"]
+    loss = (((X - X_hat) ** 2).sum() + alpha * ((Z.detach() - Q) ** 2).sum()
+            + beta * ((Z - Q.detach()) ** 2).sum()) / B
+    loss.backward()
+    return float(loss.detach()), {name: v.grad.numpy() for name, v in t.items()}
+
+
+MLP_CASES = [("ste", 1, 0.25, 1.0), ("rotation", 1, 0.25, 1.0), ("ste", 1, 0.0, 2.5),
+             ("rotation", 1, 0.0, 2.5), ("ste", 2, 0.7, 0.3), ("rotation", 2, 0.7, 0.3)]
+
+
+@pytest.mark.parametrize("estimator,groups,beta,alpha", MLP_CASES)
+def test_mlp_gradients_match_finite_differences(estimator, groups, beta, alpha):
+    X, params, E = mlp_point(groups, groups=groups)
+    _, grads = vqref.mlp_loss_and_grads(X, params, E, estimator=estimator, beta=beta,
+                                        alpha=alpha)
+    numerical = vqref.mlp_numerical_grads(X, params, E, estimator=estimator, beta=beta,
+                                          alpha=alpha)
+    assert set(grads) == set(vqref.MLP_PARAMS) | {"E"}
+    for name in grads:
+        assert vqref.relative_error(grads[name], numerical[name]) < GRAD_TOL, name
+        assert np.max(np.abs(grads[name])) > NOT_SMALL, name
+
+
+@pytest.mark.parametrize("estimator,groups,beta,alpha", MLP_CASES)
+def test_mlp_loss_and_gradients_match_pytorch_autograd(estimator, groups, beta, alpha):
+    torch = pytest.importorskip("torch")
+    X, params, E = mlp_point(groups + 10, groups=groups)
+    loss, grads = vqref.mlp_loss_and_grads(X, params, E, estimator=estimator, beta=beta,
+                                           alpha=alpha)
+    a_loss, a_grads = mlp_autograd(torch, X, params, E, estimator, beta, alpha)
+    assert loss == pytest.approx(a_loss, rel=ROUNDING_RTOL)
+    for name in grads:
+        assert vqref.relative_error(grads[name], a_grads[name]) < ROUNDING_RTOL, name
+
+
+def test_mlp_grad_check_prints_a_row_per_parameter_and_catches_a_wrong_derivative(
+        capsys, monkeypatch):
+    X, params, E = mlp_point(3, groups=2)
+    assert vqref.mlp_grad_check(X, params, E, estimator="rotation", verbose=True) < GRAD_TOL
+    rows = capsys.readouterr().out.splitlines()
+    assert [r.split()[1] for r in rows] == ["d" + n for n in vqref.MLP_PARAMS + ("E",)]
+    assert all(r.endswith(" OK") for r in rows)
+    real_tanh = np.tanh
+    forward = vqref.mlp_forward
+
+    def forward_with_a_wrong_tanh(X, params, E):                    # backward's 1 - H^2 breaks
+        rec, dist, cache = forward(X, params, E)
+        cache["H2"] = real_tanh(X[:, :0].sum(1, keepdims=True) + 0.5 * np.arctanh(cache["H2"]))
+        return rec, dist, cache
+    monkeypatch.setattr(vqref, "mlp_forward", forward_with_a_wrong_tanh)
+    _, grads = vqref.mlp_loss_and_grads(X, params, E)
+    numerical = vqref.mlp_numerical_grads(X, params, E)
+    assert vqref.relative_error(grads["V1"], numerical["V1"]) > DIFFERENT
+
+
+def test_adam_step_is_the_papers_update():
+    P = np.array([1.0, -2.0, 3.0])
+    state = {}
+    g1, g2 = np.array([0.5, -1.0, 0.0]), np.array([0.1, 0.2, -0.3])
+    vqref.adam_step(P, g1, state, 0.01)
+    np.testing.assert_allclose(P, [1.0 - 0.01 * 0.5 / (0.5 + 1e-8), -2.0 + 0.01 * 1 / (1 + 1e-8),
+                                   3.0], rtol=0, atol=EXACT_TOL)
+    before = P.copy()
+    vqref.adam_step(P, g2, state, 0.01)
+    m = 0.9 * 0.1 * g1 + 0.1 * g2
+    v = 0.999 * 0.001 * g1 ** 2 + 0.001 * g2 ** 2
+    step = 0.01 * (m / (1 - 0.9 ** 2)) / (np.sqrt(v / (1 - 0.999 ** 2)) + 1e-8)
+    np.testing.assert_allclose(P, before - step, rtol=0, atol=EXACT_TOL)
+
+
+@pytest.fixture(scope="module")
+def mlp_data():
+    X = vqref.make_data(1200, 10, seed=4)
+    return X[:1000], X[1000:]
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_mlp_model_encodes_decodes_evaluates_saves_and_loads(mlp_data, tmp_path, groups):
+    Xtr, Xte = mlp_data
+    model = vqref.train_mlp(Xtr * 3 + 1, K=8, m=2, groups=groups, hidden=16, steps=40,
+                            batch=100)
+    codes = vqref.encode(Xte * 3 + 1, model)
+    assert codes.dtype == np.uint8
+    assert codes.shape == ((200,) if groups == 1 else (200, groups))
+    Xh = vqref.decode(codes, model)
+    ev = vqref.evaluate(Xte * 3 + 1, model)
+    assert ev["mse"] == pytest.approx(np.mean(np.sum((Xte * 3 + 1 - Xh) ** 2, 1)),
+                                      rel=REPORT_RTOL)
+    Z = vqref.mlp_forward((Xte * 3 + 1 - model.mean) / model.scale, model.params,
+                          model.E)[2]["Zg"]
+    np.testing.assert_array_equal(codes.reshape(-1), vqref.nearest_codeword(Z, model.E))
+    vqref.save(model, tmp_path / "mlp.npz")
+    back = vqref.load(tmp_path / "mlp.npz")
+    assert isinstance(back, vqref.MLPModel) and back.groups == groups
+    assert back.scale == model.scale and back.settings == model.settings
+    for name in vqref.MLP_PARAMS:
+        np.testing.assert_array_equal(back.params[name], model.params[name])
+    np.testing.assert_array_equal(vqref.decode(codes, back), Xh)
+    with pytest.raises(ValueError, match="codes"):
+        vqref.decode(np.zeros((5, groups + 1), dtype=int), model)
+
+
+def test_train_mlp_is_the_same_model_on_data_shifted_and_scaled(mlp_data):
+    Xtr, Xte = mlp_data
+    kw = dict(K=8, m=2, hidden=16, steps=30, batch=100)
+    a = vqref.train_mlp(Xtr, **kw)
+    b = vqref.train_mlp(Xtr * 100 + 7.0, **kw)
+    for name in vqref.MLP_PARAMS:
+        np.testing.assert_allclose(b.params[name], a.params[name], rtol=SHIFT_RTOL,
+                                   atol=SHIFT_RTOL)
+    assert b.scale == pytest.approx(100 * a.scale, rel=1e-12)
+    assert vqref.evaluate(Xte * 100 + 7.0, b)["mse"] == pytest.approx(
+        1e4 * vqref.evaluate(Xte, a)["mse"], rel=SHIFT_RTOL)
+    c = vqref.train_mlp(Xtr, **kw)
+    np.testing.assert_array_equal(c.E, a.E)                         # deterministic for a seed
+    assert not np.array_equal(vqref.train_mlp(Xtr, **dict(kw, seed=1)).E, a.E)
+
+
+def test_train_mlp_history_and_its_stop_on_the_reconstruction(mlp_data):
+    Xtr, Xte = mlp_data
+    res = vqref.train_mlp(Xtr, K=8, m=2, hidden=16, steps=3000, batch=100, window=100,
+                          eval_X=Xte, eval_every=50)
+    h, n = res.history, res.settings["steps_run"]
+    assert 200 <= n < 3000 and n % 100 == 0
+    assert set(h) == {"loss", "mse", "entropy", "dead_codes", "latent_norm", "eval_mse",
+                      "eval_entropy"} and all(len(v) == n for v in h.values())
+    assert h["mse"][n - 200:n - 100].mean() - h["mse"][n - 100:].mean() < \
+        1e-3 * h["mse"][n - 200:n - 100].mean()
+    assert np.isfinite(h["eval_mse"][[0, 50, n - 1]]).all() and np.isnan(h["eval_mse"][1])
+    assert h["eval_mse"][n - 1] == pytest.approx(vqref.evaluate(Xte, res)["mse"], rel=EXACT_TOL)
+    assert h["mse"][-100:].mean() < 0.9 * h["mse"][:100].mean()     # it learns
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(estimator="numerical"), "estimator"), (dict(K=0), "K"), (dict(K=5000), "K"),
+    (dict(m=0), "m"), (dict(groups=0), "groups"), (dict(hidden=1.5), "hidden"),
+    (dict(lr=0.0), "lr"), (dict(lr=np.nan), "lr"), (dict(steps=-1), "steps"),
+    (dict(batch=0), "batch"), (dict(beta=np.inf), "beta"), (dict(seed=-1), "seed"),
+    (dict(window=0), "window"), (dict(eval_X=np.ones((3, 4))), "eval_X"),
+])
+def test_bad_train_mlp_arguments_raise_naming_the_argument(mlp_data, kwargs, name):
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        vqref.train_mlp(mlp_data[0], **dict(dict(steps=1), **kwargs))
+
+
+def test_bad_mlp_inputs_raise_naming_the_argument(mlp_data):
+    X, params, E = mlp_point(0)
+    with pytest.raises(ValueError, match="^params must be a dict with keys"):
+        vqref.mlp_loss_and_grads(X, {k: params[k] for k in ("W1", "b1")}, E)
+    with pytest.raises(ValueError, match=r"^params\['b2'\] must have shape"):
+        vqref.mlp_loss_and_grads(X, dict(params, b2=np.zeros(3)), E)
+    with pytest.raises(ValueError, match=r"^params\['c1'\] contains NaN"):
+        vqref.mlp_loss_and_grads(X, dict(params, c1=params["c1"] * np.nan), E)
+    with pytest.raises(ValueError, match=r"^params\['W1'\] must have 5 rows"):
+        vqref.mlp_loss_and_grads(X[:, 1:], params, E)
+    with pytest.raises(ValueError, match="^E must have a number of columns"):
+        vqref.mlp_loss_and_grads(X, params, np.ones((5, 3)))
+    with pytest.raises(ValueError, match="^X contains NaN"):
+        vqref.train_mlp(np.full((10, 3), np.nan))
+    with pytest.raises(ValueError, match="^X has no variance"):
+        vqref.train_mlp(np.ones((50, 3)), K=2, m=1)
+    with pytest.raises(FloatingPointError, match=r"lr=1e\+300"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vqref.train_mlp(mlp_data[0], K=4, m=2, hidden=8, steps=5, batch=100, lr=1e300)
+
+
 # ----------------------------------------------------------- the model: encode, decode
 
 @pytest.fixture(scope="module")

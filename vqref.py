@@ -959,6 +959,29 @@ def mlp_grad_check(X, params, E, *, estimator="ste", beta=0.25, alpha=1.0, h=1e-
     return max(errs)
 
 
+def mlp_check_point(X, m, K, *, groups=1, hidden=16, seed=0, margin=1e-4):
+    """Random ``(params, E (K, m))`` for a gradient check of the nonlinear model on ``X``.
+
+    Weights as :func:`mlp_init`, biases drawn too (so their gradients are tested at a
+    general point); ``E`` is K of the latents, moved a little. Redrawn until each latent's
+    two nearest squared distances differ by more than ``margin``, so a step ``h`` changes
+    no code.
+    """
+    X = _as_matrix(X, "X")
+    rng = _rng(seed, "seed")
+    for _ in range(100):
+        params = mlp_init(X.shape[1], m, K, groups=groups, hidden=hidden, seed=rng)
+        for name in ("b1", "b2", "c1", "c2"):
+            params[name] = 0.3 * rng.standard_normal(params[name].shape)
+        _, _, cache = mlp_forward(X, params, np.zeros((1, m)))
+        Z = cache["Zg"]                                             # (N G, m)
+        E = Z[rng.choice(len(Z), K, replace=False)] + 0.1 * rng.standard_normal((K, m))
+        d2 = np.sort(np.sum((Z[:, None, :] - E[None]) ** 2, axis=2), axis=1)
+        if K == 1 or np.min(d2[:, 1] - d2[:, 0]) > margin:
+            return params, E
+    raise ValueError(f"no check point with margin={margin:g} in 100 draws; lower margin")
+
+
 def adam_step(P, G, state, lr, *, b1=0.9, b2=0.999, eps=1e-8):
     """One Adam step [8] on the array ``P`` in place, for its gradient ``G`` (eq. 34).
 
@@ -1067,7 +1090,7 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-3, s
             grads = mlp_backward(cache, estimator, beta, alpha)
             adam_step(theta, _pack_grads(grads, theta.size), adam, lr)
         loss = rec + (alpha + beta) * dist
-        if not (np.isfinite(loss) and np.all(np.isfinite(theta))):
+        if not (np.isfinite(loss) and np.abs(theta).max() <= np.sqrt(SAFE_MAX)):  # NaN too
             raise FloatingPointError(f"training diverged at step {t}; lower the learning "
                                      f"rate (lr={lr:g})")
         counts = np.bincount(cache["k"], minlength=K)

@@ -1001,9 +1001,9 @@ def adam_step(P, G, state, lr, *, b1=0.9, b2=0.999, eps=1e-8):
     return P
 
 
-def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-3, steps=20000,
-              batch=256, beta=0.25, alpha=1.0, seed=0, tol=1e-3, window=500, eval_X=None,
-              eval_every=500):
+def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, lrE=1e-2,
+              steps=20000, batch=256, beta=0.25, alpha=1.0, seed=0, tol=1e-3, window=500,
+              eval_X=None, eval_every=500):
     """Fit the nonlinear model (README eqs. 19-34) to the rows of ``X`` by Adam.
 
     The rows are centred by their mean and divided by one scale (the root mean column
@@ -1026,7 +1026,11 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-3, s
     hidden : int
         Width of the hidden layer of the encoder and of the decoder.
     lr : float
-        Adam's step size, for every parameter and the codebook.
+        Adam's step size for the weights and biases.
+    lrE : float or None
+        Adam's step size for the codebook (None: ``lr``). Larger than ``lr``: Adam moves
+        each codeword at most about ``lrE`` a step, and the latents, moved by every weight
+        of the encoder at once, would otherwise outrun their codewords and leave codes dead.
     steps : int
         The most steps to take.
     batch : int
@@ -1076,6 +1080,8 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-3, s
     params = {name: views[name] for name in MLP_PARAMS}
     E = views["E"]
     adam = {}
+    step_sizes = np.full(theta.size, lr)                            # Adam's lr, entry by entry
+    step_sizes[theta.size - E.size:] = lr if lrE is None else lrE   # the codebook comes last
     keys = ["loss", "mse", "entropy", "latent_norm"]
     if eval_X is not None:
         keys += ["eval_mse", "eval_entropy"]
@@ -1088,7 +1094,7 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-3, s
         with np.errstate(over="ignore", invalid="ignore"):          # divergence: checked next
             rec, dist, cache = mlp_forward(Xs[idx], params, E)
             grads = mlp_backward(cache, estimator, beta, alpha)
-            adam_step(theta, _pack_grads(grads, theta.size), adam, lr)
+            adam_step(theta, _pack_grads(grads, theta.size), adam, step_sizes)
         loss = rec + (alpha + beta) * dist
         if not (np.isfinite(loss) and np.abs(theta).max() <= np.sqrt(SAFE_MAX)):  # NaN too
             raise FloatingPointError(f"training diverged at step {t}; lower the learning "
@@ -1668,7 +1674,7 @@ def _rotation_backward(G, Z, Q):
 
 
 # ---------------------------------------------------- the nonlinear model's plumbing
-TRAIN_MLP_SETTINGS = ("estimator", "K", "m", "groups", "hidden", "lr", "steps", "batch",
+TRAIN_MLP_SETTINGS = ("estimator", "K", "m", "groups", "hidden", "lr", "lrE", "steps", "batch",
                       "beta", "alpha", "seed", "tol", "window")
 
 
@@ -1748,6 +1754,8 @@ def _check_train_mlp(X, a):
     if not isinstance(a["seed"], np.random.Generator):
         _check_int(a["seed"], "seed", 0)
     _check_real(a["lr"], "lr", positive=True)
+    if a["lrE"] is not None:
+        _check_real(a["lrE"], "lrE", positive=True)
     _check_real(a["beta"], "beta")
     if _check_real(a["alpha"], "alpha") == 0:
         warnings.warn("alpha=0: the codebook gets no gradient from the loss; Adam leaves it "

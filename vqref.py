@@ -985,8 +985,9 @@ def mlp_check_point(X, m, K, *, groups=1, hidden=16, seed=0, margin=1e-4):
 def adam_step(P, G, state, lr, *, b1=0.9, b2=0.999, eps=1e-8):
     """One Adam step [8] on the array ``P`` in place, for its gradient ``G`` (eq. 34).
 
-    ``state`` is a dict holding ``t`` and the moment arrays ``m`` and ``v`` (created at 0 on
-    the first call): ``m = b1 m + (1 - b1) G``, ``v = b2 v + (1 - b2) G^2``, then
+    ``lr`` is a number or an array shaped as ``P`` (a step size per entry). ``state`` is a
+    dict holding ``t`` and the moment arrays ``m`` and ``v`` (created at 0 on the first
+    call): ``m = b1 m + (1 - b1) G``, ``v = b2 v + (1 - b2) G^2``, then
     ``P -= lr m_hat / (sqrt(v_hat) + eps)`` with the bias corrections ``1 - b^t``.
     """
     if "m" not in state:
@@ -1137,7 +1138,8 @@ def main(argv=None):
 
     On make_data's rows: the study's protocol and the converged one. On a file
     (--data): the converged protocol only, as the study's settings are for
-    make_data's scale.
+    make_data's scale. The nonlinear model is not run here: in Python,
+    vqref.train_mlp(X) (README, "A nonlinear encoder and decoder").
     """
     parser, a = _demo_args(argv)
     with warnings.catch_warnings(record=True) as caught:            # shown as one line each

@@ -55,6 +55,16 @@ def brute_distortion(Z, E):
     return np.mean(np.min(((Z[:, None, :] - E[None]) ** 2).sum(-1), axis=1))
 
 
+def test_make_data_curve_is_a_closed_curve_of_the_stated_variances():
+    X = vqref.make_data(40000, 24, seed=1, curve=5, noise=0.01)
+    variances = np.linalg.eigvalsh(np.cov(X.T))[::-1]
+    expected = np.repeat(2.0 / np.arange(1, 6), 2) + 0.01               # scale / j, + noise
+    np.testing.assert_allclose(variances[:10], expected, rtol=0.05)
+    np.testing.assert_allclose(variances[10:], 0.01, rtol=0.1)
+    with pytest.raises(ValueError, match="^curve must be"):
+        vqref.make_data(10, 8, curve=5)
+
+
 # ------------------------------------------------ loss_and_grads, backward (eqs. 4-14)
 
 @pytest.mark.parametrize("estimator", ["ste", "rotation"])

@@ -53,13 +53,19 @@ LRW_PER_VARIANCE = 0.16       # train()'s default lrW is this / (top variance of
 
 # ------------------------------------------------------------------------- data
 def make_data(n, D=64, *, seed=0, rank=4, decay=0.9, scale=2.0, noise=0.012, bimodal=0,
-              sep=1.15):
+              sep=1.15, curve=0):
     """Synthetic centred data ``X`` (n, D).
 
     ``x = A s + sqrt(noise) eps`` with ``s_j ~ N(0, scale decay^j)`` for ``j < rank`` in
     random orthonormal directions ``A`` and ``eps ~ N(0, I_D)``. ``bimodal = b`` adds ``b``
     orthogonal directions carrying ``+-sep`` plus ``N(0, (sep/10)^2)``: less variance than
     the Gaussian signal, yet two codewords quantize each (README, "Where learning wins").
+
+    ``curve = f > 0`` replaces the Gaussian signal (``rank``, ``decay`` and ``bimodal`` are
+    not used) by a closed curve: ``s = (cos t, sin t, ..., cos f t, sin f t)`` with the pair
+    of frequency ``j`` scaled to variance ``scale / j`` each, in ``2 f`` random orthonormal
+    directions, and ``t`` uniform on ``[0, 2 pi)``: one dimension of signal, bent through
+    ``2 f``, which no ``m``-dimensional subspace holds for ``2 f > m``.
     """
     n = _check_int(n, "n", 1)
     D = _check_int(D, "D", 1)
@@ -69,7 +75,10 @@ def make_data(n, D=64, *, seed=0, rank=4, decay=0.9, scale=2.0, noise=0.012, bim
     _check_real(noise, "noise")
     _check_real(sep, "sep")
     bimodal = _check_int(bimodal, "bimodal", 0, D - rank)
+    curve = _check_int(curve, "curve", 0, D // 2)
     rng = _rng(seed, "seed")
+    if curve:
+        return _curve_data(n, D, curve, scale, noise, rng)
     A, _ = np.linalg.qr(rng.standard_normal((D, rank + bimodal)))  # (D, rank + b) orthonormal
     S = rng.standard_normal((n, rank)) * np.sqrt(scale * decay ** np.arange(rank))  # (n, rank)
     X = S @ A[:, :rank].T                                           # (n, D)
@@ -77,6 +86,19 @@ def make_data(n, D=64, *, seed=0, rank=4, decay=0.9, scale=2.0, noise=0.012, bim
     signs = rng.choice([-1.0, 1.0], size=(n, bimodal))              # (n, b)
     S = sep * (signs + 0.1 * rng.standard_normal((n, bimodal)))     # (n, b)
     X += S @ A[:, rank:].T                                          # (n, D) bimodal directions
+    return X - X.mean(axis=0)
+
+
+def _curve_data(n, D, f, scale, noise, rng):
+    """make_data's closed curve (``curve = f``): see :func:`make_data`."""
+    A, _ = np.linalg.qr(rng.standard_normal((D, 2 * f)))         # (D, 2f) orthonormal
+    t = rng.uniform(0.0, 2.0 * np.pi, n)                            # (n,) where on the curve
+    j = np.arange(1, f + 1)                                         # (f,) frequencies
+    S = np.empty((n, 2 * f))
+    S[:, 0::2] = np.cos(np.outer(t, j))                             # variance 1/2 each
+    S[:, 1::2] = np.sin(np.outer(t, j))
+    S *= np.repeat(np.sqrt(2.0 * scale / j), 2)                     # variance scale / j
+    X = S @ A.T + np.sqrt(noise) * rng.standard_normal((n, D))      # (n, D)
     return X - X.mean(axis=0)
 
 

@@ -828,6 +828,21 @@ def test_train_mlp_is_the_same_model_on_data_shifted_and_scaled(mlp_data):
     assert not np.array_equal(vqref.train_mlp(Xtr, **dict(kw, seed=1)).E, a.E)
 
 
+def test_train_mlp_init_params_and_init_E_are_the_start(mlp_data):
+    Xtr, _ = mlp_data
+    kw = dict(K=4, m=2, hidden=8, batch=100)
+    start = vqref.train_mlp(Xtr, steps=0, **kw)                    # mlp_init and k-means++
+    again = vqref.train_mlp(Xtr, steps=10, init_params=start.params, init_E=start.E, **kw)
+    plain = vqref.train_mlp(Xtr, steps=10, **kw)
+    np.testing.assert_array_equal(again.E, plain.E)
+    for name in vqref.MLP_PARAMS:
+        np.testing.assert_array_equal(again.params[name], plain.params[name])
+    with pytest.raises(ValueError, match="^init_E must have shape"):
+        vqref.train_mlp(Xtr, steps=1, init_E=np.ones((3, 2)), **kw)
+    with pytest.raises(ValueError, match="^init_params must have hidden=9"):
+        vqref.train_mlp(Xtr, steps=1, init_params=start.params, **dict(kw, hidden=9))
+
+
 def test_train_mlp_history_and_its_stop_on_the_reconstruction(mlp_data):
     Xtr, Xte = mlp_data
     res = vqref.train_mlp(Xtr, K=8, m=2, hidden=16, steps=3000, batch=100, window=100,

@@ -1025,8 +1025,8 @@ def adam_step(P, G, state, lr, *, b1=0.9, b2=0.999, eps=1e-8):
 
 
 def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, lrE=1e-2,
-              steps=20000, batch=256, beta=0.25, alpha=1.0, seed=0, tol=1e-3, window=500,
-              eval_X=None, eval_every=500):
+              steps=20000, batch=256, beta=0.25, alpha=1.0, seed=0, init_params=None,
+              init_E=None, tol=1e-3, window=500, eval_X=None, eval_every=500):
     """Fit the nonlinear model (README eqs. 19-34) to the rows of ``X`` by Adam.
 
     The rows are centred by their mean and divided by one scale (the root mean column
@@ -1062,6 +1062,10 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
         Commitment and codebook weights of the loss (24).
     seed : int or numpy.random.Generator
         Seeds the initial weights, the initial codebook and the batches.
+    init_params : dict, optional
+        Initial weights and biases (as :func:`mlp_init` returns), on the scaled rows.
+    init_E : array (K, m), optional
+        Initial codebook.
     tol : float or None
         Stop once the mean training *reconstruction* error of the last ``window`` steps is
         less than ``tol`` (relative) below that of the ``window`` before; None: run all
@@ -1096,9 +1100,19 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
     init_seed, batch_seed = _train_seeds(seed)
     rng = np.random.default_rng(init_seed)
     params = mlp_init(D, m, K, groups=groups, hidden=hidden, seed=rng)
-    _, _, c0 = mlp_forward(Xs, params, np.zeros((1, m)))           # the initial latents
-    _check_distinct_rows(c0["Zg"], K)
-    E = kmeans_pp(c0["Zg"], K, rng)                                 # (K, m)
+    if init_params is not None:
+        params = _check_mlp_params(init_params, D)[0]
+        if params["W2"].shape[1] != groups * m or params["W1"].shape[1] != hidden:
+            raise ValueError(f"init_params must have hidden={hidden} and groups * m = "
+                             f"{groups * m} latent columns")
+    if init_E is None:
+        _, _, c0 = mlp_forward(Xs, params, np.zeros((1, m)))       # the initial latents
+        _check_distinct_rows(c0["Zg"], K)
+        E = kmeans_pp(c0["Zg"], K, rng)                             # (K, m)
+    else:
+        E = _as_matrix(init_E, "init_E", cols=m)
+        if E.shape[0] != K:
+            raise ValueError(f"init_E must have shape ({K}, {m}), got {E.shape}")
     theta, views = _pack(params, E)                                 # one vector, views into it
     params = {name: views[name] for name in MLP_PARAMS}
     E = views["E"]

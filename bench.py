@@ -169,6 +169,140 @@ def torch_loop(torch, Xc, W, E, batches, estimator, lrW=RACE_LR["lrW"], lrE=RACE
     return W.numpy(), E.numpy()
 
 
+# ------------------------------------------------- 1b. the nonlinear model's training
+
+# Both sides: train_mlp's default Adam step sizes, every step given (no early stop).
+MLP_LR = dict(lr=vqref.train_mlp.__kwdefaults__["lr"], lrE=vqref.train_mlp.__kwdefaults__["lrE"])
+
+
+def mlp_setup(D, H, m, K, B, steps, N, seed=0):
+    """Data on make_data's curve, train_mlp's start (steps=0), the scaled rows, the batches."""
+    X = vqref.make_data(N, D, seed=seed, curve=min(8, D // 2))
+    init = vqref.train_mlp(X, K=K, m=m, hidden=H, steps=0, batch=B, seed=seed)
+    Xs = (X - init.mean) / init.scale
+    it = vqref.minibatches(N, B, seed)
+    return X, Xs, init, [next(it) for _ in range(steps)]
+
+
+def vqref_mlp(X, init, estimator, steps, B):
+    K, m = init.E.shape
+    return vqref.train_mlp(X, estimator=estimator, K=K, m=m, hidden=init.params["W1"].shape[1],
+                           steps=steps, batch=B, init_params=init.params, init_E=init.E,
+                           tol=None, **MLP_LR)
+
+
+def torch_mlp_loop(torch, Xs, init, batches, estimator, beta=0.25, alpha=1.0):
+    """README eqs. 19-24 with autograd, the same estimators and torch.optim.Adam (the same
+    step sizes for the weights and the codebook), in float64, on the scaled rows."""
+    X = torch.from_numpy(Xs)
+    P = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in init.params.items()}
+    E = torch.from_numpy(init.E.copy()).requires_grad_(True)
+    opt = torch.optim.Adam([{"params": list(P.values()), "lr": MLP_LR["lr"]},
+                            {"params": [E], "lr": MLP_LR["lrE"]}], betas=(0.9, 0.999), eps=1e-8)
+    m = E.shape[1]
+    for idx in batches:
+        Xb = X[torch.from_numpy(idx)]
+        B = Xb.shape[0]
+        Z = (torch.tanh(Xb @ P["W1"] + P["b1"]) @ P["W2"] + P["b2"]).reshape(-1, m)
+        with torch.no_grad():  # nearest codeword, scored as vqref's
+            c = E.mean(0)
+            Ec = E - c
+            k = ((Z - c) @ Ec.T - 0.5 * (Ec * Ec).sum(1)).argmax(1)
+        Q = E[k]
+        if estimator == "ste":
+            q = Z + (Q - Z).detach()
+        else:
+            with torch.no_grad():
+                nz, ne = Z.norm(dim=1, keepdim=True), Q.norm(dim=1, keepdim=True)
+                u, v = Z / nz, Q / ne
+                w = (u + v) / (u + v).norm(dim=1, keepdim=True)
+                lam = ne / nz
+            q = lam * (
+                Z - 2 * w * (w * Z).sum(1, keepdim=True) + 2 * v * (u * Z).sum(1, keepdim=True)
+            )
+        X_hat = torch.tanh(q.reshape(B, -1) @ P["V1"] + P["c1"]) @ P["V2"] + P["c2"]
+        loss = (
+            ((Xb - X_hat) ** 2).sum()
+            + alpha * ((Z.detach() - Q) ** 2).sum()
+            + beta * ((Z - Q.detach()) ** 2).sum()
+        ) / B
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.detach().numpy() for k, v in P.items()}, E.detach().numpy()
+
+
+def mlp_products(Xs, init, batches):
+    """The BLAS products of train_mlp's steps alone (4 forward, 7 backward), same shapes."""
+    p = init.params
+    B = len(batches[0])
+    Q = np.zeros((B, p["V1"].shape[0]))
+    for idx in batches:
+        Xb = Xs[idx]
+        H1 = Xb @ p["W1"]
+        Z = H1 @ p["W2"]
+        H2 = Q @ p["V1"]
+        X_hat = H2 @ p["V2"]
+        H2.T @ X_hat
+        dP = X_hat @ p["V2"].T
+        Q.T @ dP
+        dP @ p["V1"].T
+        H1.T @ Z
+        dA = Z @ p["W2"].T
+        Xb.T @ dA
+
+
+def bench_mlp(quick, repeats, results):
+    log(
+        f"\n1b. Nonlinear training: vqref.train_mlp (hand-derived) vs PyTorch autograd + Adam, "
+        f"float64, {THREADS} thread(s)"
+    )
+    torch = optional("torch", "`pip install torch` (README, Performance)")
+    if torch is None:
+        return
+    torch.set_num_threads(int(THREADS))
+    results["machine"]["torch"] = torch.__version__
+    settings = (
+        [dict(D=64, H=128, m=4, K=32, B=256, steps=20, N=1797)]
+        if quick
+        else [
+            dict(D=64, H=128, m=4, K=32, B=256, steps=300, N=1797),
+            dict(D=512, H=512, m=16, K=512, B=1024, steps=30, N=20000),
+        ]
+    )
+    print(f"{'setting':<38} {'estimator':<9} {'vqref':>8} {'torch':>8} {'torch/vqref':>11} "
+          f"{'max diff':>9} {'BLAS share':>10}")
+    for cfg in settings:
+        X, Xs, init, batches = mlp_setup(*(cfg[k] for k in ("D", "H", "m", "K", "B", "steps",
+                                                            "N")))
+        for est in ("ste", "rotation"):
+            res = vqref_mlp(X, init, est, 3, cfg["B"])  # same start, same 3 batches
+            Pt, Et = torch_mlp_loop(torch, Xs, init, batches[:3], est)
+            diff = max([np.abs(res.E - Et).max()]
+                       + [np.abs(res.params[k] - Pt[k]).max() for k in Pt])
+            if diff > 1e-8:
+                raise SystemExit(
+                    f"vqref.train_mlp and the PyTorch loop disagree after 3 steps ({diff:.1e})"
+                )
+            tv, tt, ta, tb = race(
+                lambda: vqref_mlp(X, init, est, cfg["steps"], cfg["B"]),
+                lambda: torch_mlp_loop(torch, Xs, init, batches, est),
+                repeats,
+            )
+            t = time.perf_counter()
+            mlp_products(Xs, init, batches)
+            blas = time.perf_counter() - t
+            name = (f"D={cfg['D']} H={cfg['H']} m={cfg['m']} K={cfg['K']} B={cfg['B']} "
+                    f"x{cfg['steps']}")
+            print(f"{name:<38} {est:<9} {tv:7.3f}s {tt:7.3f}s {tt / tv:10.2f}x {diff:9.1e} "
+                  f"{blas / tv:9.0%}", flush=True)
+            results.setdefault("mlp", []).append(
+                dict(cfg, threads=int(THREADS), estimator=est, vqref_s=tv, torch_s=tt,
+                     vqref_times=ta, torch_times=tb, max_abs_diff_after_3_steps=float(diff),
+                     blas_s=blas)
+            )
+
+
 def child_memory(args):
     """--child: run one side's loop in this fresh process and print its memory."""
     side, estimator, D, m, K, B, steps, N = args
@@ -456,6 +590,11 @@ def _training_name(row):
     return f"D={row['D']} m={row['m']} K={row['K']} B={row['B']}, {row['steps']} steps"
 
 
+def _mlp_name(row):
+    return (f"D={row['D']} H={row['H']} m={row['m']} K={row['K']} B={row['B']}, "
+            f"{row['steps']} steps")
+
+
 def _lloyd_name(row):
     until = "to its fixed point" if row["max_iter"] > 60 else "60 iterations"
     return f"N={row['N']} m={row['m']} K={row['K']}, {until}"
@@ -464,6 +603,8 @@ def _lloyd_name(row):
 # Each race: its section of a run, the setting's name, the peer and the key of its time.
 RACES = (
     ("training", lambda r: f"train, {r['estimator']}: {_training_name(r)}", "PyTorch autograd",
+     "torch_s"),
+    ("mlp", lambda r: f"train_mlp, {r['estimator']}: {_mlp_name(r)}", "PyTorch autograd",
      "torch_s"),
     ("lloyd", lambda r: f"lloyd_max: {_lloyd_name(r)}", "scikit-learn KMeans", "sklearn_s"),
 )
@@ -536,6 +677,35 @@ def _training_section(run):
         "memory vqref",
         "memory PyTorch",
         "init (once)",
+    ]
+    return _table(header, rows)
+
+
+def _mlp_section(run):
+    rows = [
+        [
+            _mlp_name(r),
+            r["estimator"],
+            _seconds(r["vqref_s"]),
+            _spread(r["vqref_times"]),
+            _seconds(r["torch_s"]),
+            _spread(r["torch_times"]),
+            f"{r['torch_s'] / r['vqref_s']:.2f}",
+            f"{r['max_abs_diff_after_3_steps']:.1e}",
+            f"{r['blas_s'] / r['vqref_s']:.0%}",
+        ]
+        for r in run.get("mlp", [])
+    ]
+    header = [
+        "setting",
+        "estimator",
+        "vqref",
+        "vqref runs (s)",
+        "PyTorch",
+        "PyTorch runs (s)",
+        "PyTorch / vqref",
+        "max diff after 3 steps",
+        "BLAS products' share of vqref",
     ]
     return _table(header, rows)
 
@@ -638,6 +808,14 @@ def benchmarks_markdown(runs):
             ),
             _race_section(
                 run,
+                "mlp",
+                "Nonlinear training: `vqref.train_mlp` against a PyTorch autograd loop with "
+                "`torch.optim.Adam`",
+                _mlp_section,
+                "PyTorch",
+            ),
+            _race_section(
+                run,
                 "lloyd",
                 "Lloyd-Max: `vqref.lloyd_max` against scikit-learn's "
                 '`KMeans(algorithm="lloyd")`, same initial codebook',
@@ -690,7 +868,7 @@ def write_markdown(runs, benchmarks, readme):
 
 # ------------------------------------------------------------------- main
 
-SECTIONS = ("training", "lloyd", "scale", "suite")
+SECTIONS = ("training", "mlp", "lloyd", "scale", "suite")
 
 
 def _sections(text):
@@ -756,6 +934,8 @@ def run_here(a):
     print(f"vqref bench: {results['machine']}, {repeats} timed repeats after a warm-up")
     if "training" in a.only:
         bench_training(a.quick, repeats, results)
+    if "mlp" in a.only:
+        bench_mlp(a.quick, repeats, results)
     if "lloyd" in a.only:
         bench_lloyd(a.quick, max(2, repeats - 2), results)
     if "scale" in a.only:

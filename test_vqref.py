@@ -1510,6 +1510,19 @@ def test_bench_trains_the_same_model_as_its_pytorch_loop():
         assert max(np.abs(res.W - Wt).max(), np.abs(res.E - Et).max()) <= 1e-8
 
 
+def test_bench_trains_the_same_nonlinear_model_as_its_pytorch_loop():
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, HERE)
+    import bench
+    X, Xs, init, batches = bench.mlp_setup(64, 32, 4, 16, 128, 3, 600)
+    for estimator in ("ste", "rotation"):
+        res = bench.vqref_mlp(X, init, estimator, 3, 128)
+        P, E = bench.torch_mlp_loop(torch, Xs, init, batches, estimator)
+        assert np.abs(res.E - E).max() <= 1e-8
+        assert max(np.abs(res.params[k] - P[k]).max() for k in P) <= 1e-8
+        assert np.abs(res.E - init.E).max() > 1e-4                  # and they moved
+
+
 def test_bench_refuses_to_write_quick_figures_into_the_project():
     readme = open(os.path.join(HERE, "README.md")).read()
     out = run_bench("--quick", "--markdown")

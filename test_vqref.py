@@ -1407,6 +1407,12 @@ def test_figures_verdicts_are_two_sided_on_hand_made_numbers():
     assert figures.verdict(-2.5, -2.0, -1.0) == "**not reproduced**"
     assert figures.verdict(0.15, 0.1, 0.4) == "**reproduced**"
     assert figures.verdict(0.03, 0.1, 0.4) == "**not reproduced**"   # 0.2% measured as 0.03%
+    same = "same within the seeds' spread"
+    assert figures.two_sided(dict(mean=-0.5, std=0.6)) == same
+    assert figures.two_sided(dict(mean=-0.5, std=0.4)) == "**rotation better**"
+    assert figures.two_sided(dict(mean=0.5, std=0.4)) == "**rotation worse**"
+    assert figures.two_sided(dict(mean=2.0, std=1.0), lower_is_better=False) == \
+        "**rotation better**"                                       # perplexity: higher is better
 
 
 def committed_figures():
@@ -1424,7 +1430,7 @@ def test_figures_quick_writes_the_plots_and_every_number_the_readme_reads():
     tmp_path = pathlib.Path(re.search(r" and (\S+)/results\.json in ", out.stdout).group(1))
     assert tmp_path.name.startswith("vqref-figures-") and tmp_path != pathlib.Path(HERE)
     for name in ("gradient_check", "convergence", "codebook_scaling", "commitment_ablation",
-                 "where_learning_wins"):
+                 "where_learning_wins", "nonlinear"):
         data = (tmp_path / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     R = json.loads((tmp_path / "results.json").read_text())
@@ -1439,6 +1445,14 @@ def test_figures_quick_writes_the_plots_and_every_number_the_readme_reads():
         pairs = zip(t["ste"]["mse"]["per_seed"], t["baseline"]["mse"]["per_seed"])
         expected = [100 * (a / b - 1) for a, b in pairs]
         assert t["ste"]["change_pct"]["per_seed"] == pytest.approx(expected)
+    N = S["nonlinear"]
+    assert "Does the rotation trick beat the STE for a nonlinear encoder?" in section
+    assert set(N["datasets"]) == {"digits", "curve"}                # scikit-learn is installed
+    for key, row in N["table"].items():
+        rot, ste = row["mlp/rotation"]["mse"]["per_seed"], row["mlp/ste"]["mse"]["per_seed"]
+        expected = [100 * (a / b - 1) for a, b in zip(rot, ste)]
+        assert row["rotation_vs_ste_pct"]["per_seed"] == pytest.approx(expected), key
+        assert figures.two_sided(row["rotation_vs_ste_pct"]) in section
     shutil.rmtree(tmp_path)
 
 

@@ -1,8 +1,9 @@
 # /// script
 # requires-python = ">=3.9"
-# dependencies = ["numpy>=1.22", "matplotlib>=3.5"]
+# dependencies = ["numpy>=1.22", "matplotlib>=3.5", "scikit-learn>=1.2"]
 # ///
-"""Re-run the study with vqref under two protocols: five plots, results.json, README tables.
+"""Re-run the study with vqref under two protocols, and the nonlinear model beside it: six
+plots, results.json, README tables.
 
     python3 figures.py                # everything into figures/, 5 seeds (minutes on 2 cores)
     python3 figures.py --quick        # reduced run (2 seeds, small sizes) into a temporary folder
@@ -544,7 +545,7 @@ def findings(P, S, seeds):
 
 
 def plot_all(S, out, n_seeds):
-    """Draw the five figures into ``out``; returns {name: path}."""
+    """Draw the figures into ``out`` (the nonlinear one if S has it); returns {name: path}."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: never opens a window

@@ -829,15 +829,17 @@ class MLPModel:
     settings: dict = field(default_factory=dict)
 
 
-def mlp_init(D, m, K, *, groups=1, hidden=128, seed=0):
+def mlp_init(D, m, *, groups=1, hidden=128, seed=0):
     """Initial ``params`` of the nonlinear model for D inputs: LeCun normal weights.
 
     Each weight matrix (fan_in, fan_out) is drawn from ``N(0, 1 / fan_in)`` and each bias is
     0, so a layer keeps unit-variance inputs near unit variance: tanh starts in its
-    near-linear range, neither saturated nor vanishing. ``K`` is not used (the codebook is
-    k-means++ on the initial latents); it is here so the shapes read as in :func:`train_mlp`.
+    near-linear range, neither saturated nor vanishing. (The codebook is not here:
+    :func:`train_mlp` starts it as k-means++ on the initial latents.)
     """
     rng = _rng(seed, "seed")
+    D = _check_int(D, "D", 1)
+    m = _check_int(m, "m", 1)
     G = _check_int(groups, "groups", 1)
     H = _check_int(hidden, "hidden", 1)
     weights = {"W1": (D, H), "W2": (H, G * m), "V1": (G * m, H), "V2": (H, D)}
@@ -992,7 +994,7 @@ def mlp_check_point(X, m, K, *, groups=1, hidden=16, seed=0, margin=1e-4):
     X = _as_matrix(X, "X")
     rng = _rng(seed, "seed")
     for _ in range(100):
-        params = mlp_init(X.shape[1], m, K, groups=groups, hidden=hidden, seed=rng)
+        params = mlp_init(X.shape[1], m, groups=groups, hidden=hidden, seed=rng)
         for name in ("b1", "b2", "c1", "c2"):
             params[name] = 0.3 * rng.standard_normal(params[name].shape)
         _, _, cache = mlp_forward(X, params, np.zeros((1, m)))
@@ -1099,7 +1101,7 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
     Xs = (X - mean) / scale                                         # (N, D), unit mean variance
     init_seed, batch_seed = _train_seeds(seed)
     rng = np.random.default_rng(init_seed)
-    params = mlp_init(D, m, K, groups=groups, hidden=hidden, seed=rng)
+    params = mlp_init(D, m, groups=groups, hidden=hidden, seed=rng)
     if init_params is not None:
         params = _check_mlp_params(init_params, D)[0]
         if params["W2"].shape[1] != groups * m or params["W1"].shape[1] != hidden:

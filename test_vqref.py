@@ -765,6 +765,29 @@ def test_mlp_grad_check_prints_a_row_per_parameter_and_catches_a_wrong_derivativ
     assert vqref.relative_error(grads["V1"], numerical["V1"]) > DIFFERENT
 
 
+@pytest.mark.parametrize("estimator", ["ste", "rotation"])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_train_mlp_steps_are_mlp_forward_backward_and_adam(mlp_data, estimator, groups):
+    Xtr, _ = mlp_data
+    kw = dict(estimator=estimator, K=6, m=2, groups=groups, hidden=9, batch=64, beta=0.4,
+              alpha=1.3, lr=1e-3, lrE=2e-2, tol=None)
+    start = vqref.train_mlp(Xtr, steps=0, **kw)
+    fast = vqref.train_mlp(Xtr, steps=5, init_params=start.params, init_E=start.E, **kw)
+    Xs = (Xtr - start.mean) / start.scale                          # the plain loop
+    params, E = vqref._copy(start.params), start.E.copy()
+    states = {}
+    batches = vqref.minibatches(len(Xtr), 64, 0)
+    for _ in range(5):
+        _, grads = vqref.mlp_loss_and_grads(Xs[next(batches)], params, E, estimator=estimator,
+                                            beta=0.4, alpha=1.3)
+        for name in vqref.MLP_PARAMS:
+            vqref.adam_step(params[name], grads[name], states.setdefault(name, {}), 1e-3)
+        vqref.adam_step(E, grads["E"], states.setdefault("E", {}), 2e-2)
+    np.testing.assert_allclose(fast.E, E, rtol=0, atol=EXACT_TOL)
+    for name in vqref.MLP_PARAMS:
+        np.testing.assert_allclose(fast.params[name], params[name], rtol=0, atol=EXACT_TOL)
+
+
 def test_adam_step_is_the_papers_update():
     P = np.array([1.0, -2.0, 3.0])
     state = {}

@@ -1127,23 +1127,26 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
     hist = {key: np.full(steps, np.nan) for key in keys}
     hist["dead_codes"] = np.zeros(steps, dtype=np.int64)
     batches = _epochs(N, batch, np.random.default_rng(batch_seed))  # = minibatches
+    step = _MLPStep(batch, D, hidden, groups * m, m, K)             # = mlp_forward, mlp_backward
+    g_flat, grads = _pack(params, E)                                # the gradients' vector
+    Xb = np.empty((batch, D))
     t = -1
     for t in range(steps):
         idx = next(batches)
+        np.take(Xs, idx, axis=0, out=Xb, mode="wrap")               # idx is valid: as "raise"
         with np.errstate(over="ignore", invalid="ignore"):          # divergence: checked next
-            rec, dist, cache = mlp_forward(Xs[idx], params, E)
-            grads = mlp_backward(cache, estimator, beta, alpha)
-            adam_step(theta, _pack_grads(grads, theta.size), adam, step_sizes)
+            rec, dist, k, Zg = step(Xb, params, E, estimator, beta, alpha, grads)
+            adam_step(theta, g_flat, adam, step_sizes)
         loss = rec + (alpha + beta) * dist
         if not (np.isfinite(loss) and np.abs(theta).max() <= np.sqrt(SAFE_MAX)):  # NaN too
             raise FloatingPointError(f"training diverged at step {t}; lower the learning "
                                      f"rate (lr={lr:g})")
-        counts = np.bincount(cache["k"], minlength=K)
+        counts = np.bincount(k, minlength=K)
         hist["loss"][t] = loss
         hist["mse"][t] = rec * scale ** 2
         hist["entropy"][t] = _entropy(counts)
         hist["dead_codes"][t] = np.sum(counts == 0)
-        hist["latent_norm"][t] = np.mean(np.sqrt(np.sum(cache["Zg"] ** 2, axis=1)))
+        hist["latent_norm"][t] = np.mean(np.sqrt(np.sum(Zg ** 2, axis=1)))
         stop = False
         if tol is not None and (t + 1) % window == 0:
             stop = levelled_off(hist["mse"][:t + 1], window, tol)
@@ -1713,6 +1716,71 @@ def _rotation_backward(G, Z, Q):
     return apply_rotation(G.T, rotation_factors(Z.T, Q.T), transpose=True).T
 
 
+class _MLPStep:
+    """:func:`mlp_forward` then :func:`mlp_backward` (equal to rounding), for train_mlp.
+
+    It writes each product into a buffer made once and each gradient straight into its
+    place in one vector (the order of ``_pack``), so a step allocates little.
+    """
+
+    def __init__(self, B, D, H, Gm, m, K):
+        self.m, self.K = m, K
+        self.H1 = np.empty((B, H))
+        self.Z = np.empty((B, Gm))
+        self.Q = np.empty((B, Gm))
+        self.H2 = np.empty((B, H))
+        self.R = np.empty((B, D))
+        self.dP = np.empty((B, H))
+        self.dQ = np.empty((B, Gm))
+
+    def __call__(self, Xb, p, E, estimator, beta, alpha, grad):
+        """Fill ``grad`` (a dict of views) and return ``(rec, dist, k, Zg)``."""
+        B = Xb.shape[0]
+        m = self.m
+        H1 = np.matmul(Xb, p["W1"], out=self.H1)
+        H1 += p["b1"]
+        np.tanh(H1, out=H1)                                         # eq. 19
+        Z = np.matmul(H1, p["W2"], out=self.Z)
+        Z += p["b2"]                                                # eq. 20
+        Zg = Z.reshape(-1, m)
+        k = _assign(Zg, E)                                          # eq. 21
+        Qg = np.take(E, k, axis=0, out=self.Q.reshape(-1, m))
+        H2 = np.matmul(self.Q, p["V1"], out=self.H2)
+        H2 += p["c1"]
+        np.tanh(H2, out=H2)                                         # eq. 22
+        R = np.matmul(H2, p["V2"], out=self.R)
+        R += p["c2"]
+        R -= Xb                                                     # X_hat - X, eq. 23
+        rec = np.vdot(R, R) / B                                     # eq. 24
+        Rz = Zg - Qg
+        dist = np.vdot(Rz, Rz) / B
+        R *= 2.0 / B                                                # dX_hat, eq. 25
+        np.matmul(H2.T, R, out=grad["V2"])                          # eq. 26
+        np.sum(R, axis=0, out=grad["c2"])
+        dP = np.matmul(R, p["V2"].T, out=self.dP)
+        np.multiply(H2, H2, out=H2)
+        np.subtract(1.0, H2, out=H2)
+        dP *= H2                                                    # eq. 27
+        np.matmul(self.Q.T, dP, out=grad["V1"])                     # eq. 28
+        np.sum(dP, axis=0, out=grad["c1"])
+        dQ = np.matmul(dP, p["V1"].T, out=self.dQ).reshape(-1, m)  # eq. 29
+        if estimator == "ste":
+            dZ = dQ                                                 # eq. 30 with (10)
+        else:
+            dZ = _rotation_backward(dQ.T, Zg.T, Qg.T).T             # eq. 30 with (11)
+        dZ = (dZ + (2.0 * beta / B) * Rz).reshape(B, -1)            # eq. 30 with (12)
+        np.matmul(H1.T, dZ, out=grad["W2"])                         # eq. 31
+        np.sum(dZ, axis=0, out=grad["b2"])
+        dA = np.matmul(dZ, p["W2"].T, out=self.dP)
+        np.multiply(H1, H1, out=H1)
+        np.subtract(1.0, H1, out=H1)
+        dA *= H1                                                    # eq. 32
+        np.matmul(Xb.T, dA, out=grad["W1"])                         # eq. 33
+        np.sum(dA, axis=0, out=grad["b1"])
+        grad["E"][...] = _cell_sums(Rz, k, self.K) * (-2.0 * alpha / B)   # eq. 14
+        return rec, dist, k, Zg
+
+
 # ---------------------------------------------------- the nonlinear model's plumbing
 TRAIN_MLP_SETTINGS = ("estimator", "K", "m", "groups", "hidden", "lr", "lrE", "steps", "batch",
                       "beta", "alpha", "seed", "tol", "window")
@@ -1730,13 +1798,6 @@ def _pack(params, E):
         views[name] = theta[start:start + size].reshape(np.shape(a))
         start += size
     return theta, views
-
-
-def _pack_grads(grads, size):
-    """The gradients as one vector in :func:`_pack`'s order."""
-    out = np.concatenate([grads[name].ravel() for name in MLP_PARAMS + ("E",)])
-    assert out.size == size
-    return out
 
 
 def _copy(params):

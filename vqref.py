@@ -1034,8 +1034,9 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
     The rows are centred by their mean and divided by one scale (the root mean column
     variance), so data of any scale trains with the same ``lr``. The weights start as
     :func:`mlp_init`, the codebook as k-means++ on the initial latents. Each step takes a
-    batch of :func:`minibatches`, computes :func:`mlp_forward` and :func:`mlp_backward`, and
-    makes one :func:`adam_step` on every parameter and the codebook together. The defaults
+    batch of :func:`minibatches`, computes :func:`mlp_forward` and :func:`mlp_backward` (by
+    a fast step equal to them), and makes one :func:`adam_step` on every parameter and the
+    codebook together. The defaults
     are the README's protocol for this model: a user who changes nothing gets it.
 
     Parameters

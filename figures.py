@@ -1105,8 +1105,9 @@ def nonlinear_section(S, figdir):
     if skipped:
         L += [f"(Skipped: {', '.join(skipped)}; scikit-learn is not installed.)", ""]
     grids = "; ".join(
-        f"{d} {e}: " + ", ".join(f"{lr:g} ({rec:.4f})" for lr, rec in zip(g["lr"], g["train_rec"]))
-        + f", best {g['best']:g}"
+        f"{d} {e}: "
+        + ", ".join(f"{lr:.3g} ({rec:.4f})" for lr, rec in zip(g["lr"], g["train_rec"]))
+        + f", best {g['best']:.3g}"
         for key, g in N["grids"].items() for d, e in [key.split("/")])
     L += [
         f"`train_mlp` (hidden width {cfg['hidden']}, m = {NL_M}, batch 256, Adam, stopped when "

@@ -3,7 +3,7 @@
     python3 bench.py                  # everything, at 1 and at 2 threads (minutes)
     python3 bench.py --markdown       # the same, then write BENCHMARKS.md and README's table
     python3 bench.py --threads 1      # one thread count only
-    python3 bench.py --only lloyd     # some of: training, lloyd, scale, suite
+    python3 bench.py --only lloyd     # some of: training, mlp, lloyd, scale, suite
     python3 bench.py --quick          # tiny sizes: a smoke test (CI)
     python3 bench.py --json out.json  # also write the raw figures
     python3 bench.py --from out.json --markdown   # write the tables from saved figures
@@ -886,7 +886,7 @@ def run_children(a):
     runs = []
     for n in (1, 2):
         # scale and the scripts' wall time run once, at 2 threads
-        only = [name for name in a.only if n == 2 or name in ("training", "lloyd")]
+        only = [name for name in a.only if n == 2 or name in ("training", "mlp", "lloyd")]
         if not only:
             continue
         with tempfile.TemporaryDirectory() as tmp:
@@ -965,7 +965,7 @@ def main(argv=None):
         type=_sections,
         default=list(SECTIONS),
         metavar="SECTIONS",
-        help="comma-separated sections to run (default: training,lloyd,scale,suite)",
+        help="comma-separated sections to run (default: training,mlp,lloyd,scale,suite)",
     )
     p.add_argument(
         "--markdown",

@@ -909,7 +909,8 @@ def test_bad_mlp_inputs_raise_naming_the_argument(mlp_data):
         vqref.train_mlp(np.full((10, 3), np.nan))
     with pytest.raises(ValueError, match="^X has no variance"):
         vqref.train_mlp(np.ones((50, 3)), K=2, m=1)
-    with pytest.raises(FloatingPointError, match=r"lr=1e\+300"), warnings.catch_warnings():
+    with pytest.raises(FloatingPointError, match=r"rates \(lr=1e\+300, lrE=0\.01\)"), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")
         vqref.train_mlp(mlp_data[0], K=4, m=2, hidden=8, steps=5, batch=100, lr=1e300)
 

@@ -1092,7 +1092,7 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
     ValueError
         For a bad argument, naming it.
     FloatingPointError
-        When training diverges (naming ``lr``).
+        When training diverges (naming ``lr`` and ``lrE``).
     """
     X, settings = _check_train_mlp(X, locals())
     N, D = X.shape
@@ -1139,9 +1139,11 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
             rec, dist, k, Zg = step(Xb, params, E, estimator, beta, alpha, grads)
             adam_step(theta, g_flat, adam, step_sizes)
         loss = rec + (alpha + beta) * dist
-        if not (np.isfinite(loss) and np.abs(theta).max() <= np.sqrt(SAFE_MAX)):  # NaN too
+        # A NaN fails both tests: isfinite, and the comparison with the bound.
+        if not (np.isfinite(loss) and np.abs(theta).max() <= np.sqrt(SAFE_MAX)):
+            lr_codebook = lr if lrE is None else lrE
             raise FloatingPointError(f"training diverged at step {t}; lower the learning "
-                                     f"rate (lr={lr:g})")
+                                     f"rates (lr={lr:g}, lrE={lr_codebook:g})")
         counts = np.bincount(k, minlength=K)
         hist["loss"][t] = loss
         hist["mse"][t] = rec * scale ** 2

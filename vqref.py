@@ -1119,7 +1119,7 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
     theta, views = _pack(params, E)                                 # one vector, views into it
     params = {name: views[name] for name in MLP_PARAMS}
     E = views["E"]
-    adam = {}
+    adam = _Adam(theta.size)                                        # = adam_step
     step_sizes = np.full(theta.size, lr)                            # Adam's lr, entry by entry
     step_sizes[theta.size - E.size:] = lr if lrE is None else lrE   # the codebook comes last
     keys = ["loss", "mse", "entropy", "latent_norm"]
@@ -1137,10 +1137,11 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
         np.take(Xs, idx, axis=0, out=Xb, mode="wrap")               # idx is valid: as "raise"
         with np.errstate(over="ignore", invalid="ignore"):          # divergence: checked next
             rec, dist, k, Zg = step(Xb, params, E, estimator, beta, alpha, grads)
-            adam_step(theta, g_flat, adam, step_sizes)
+            adam(theta, g_flat, step_sizes)
         loss = rec + (alpha + beta) * dist
-        # A NaN fails both tests: isfinite, and the comparison with the bound.
-        if not (np.isfinite(loss) and np.abs(theta).max() <= np.sqrt(SAFE_MAX)):
+        # A NaN in theta makes its max NaN, which fails the comparison.
+        bound = np.sqrt(SAFE_MAX)
+        if not (np.isfinite(loss) and theta.max() <= bound and theta.min() >= -bound):
             lr_codebook = lr if lrE is None else lrE
             raise FloatingPointError(f"training diverged at step {t}; lower the learning "
                                      f"rates (lr={lr:g}, lrE={lr_codebook:g})")
@@ -1723,11 +1724,13 @@ class _MLPStep:
     """:func:`mlp_forward` then :func:`mlp_backward` (equal to rounding), for train_mlp.
 
     It writes each product into a buffer made once and each gradient straight into its
-    place in one vector (the order of ``_pack``), so a step allocates little.
+    place in one vector (the order of ``_pack``), so a step allocates little. A bias's
+    column sum is the product ``ones (B,) @ dA``: one BLAS call, a third of ``np.sum``'s time.
     """
 
     def __init__(self, B, D, H, Gm, m, K):
         self.m, self.K = m, K
+        self.ones = np.ones(B)
         self.H1 = np.empty((B, H))
         self.Z = np.empty((B, Gm))
         self.Q = np.empty((B, Gm))
@@ -1759,13 +1762,13 @@ class _MLPStep:
         dist = np.vdot(Rz, Rz) / B
         R *= 2.0 / B                                                # dX_hat, eq. 25
         np.matmul(H2.T, R, out=grad["V2"])                          # eq. 26
-        np.sum(R, axis=0, out=grad["c2"])
+        np.matmul(self.ones, R, out=grad["c2"])
         dP = np.matmul(R, p["V2"].T, out=self.dP)
         np.multiply(H2, H2, out=H2)
         np.subtract(1.0, H2, out=H2)
         dP *= H2                                                    # eq. 27
         np.matmul(self.Q.T, dP, out=grad["V1"])                     # eq. 28
-        np.sum(dP, axis=0, out=grad["c1"])
+        np.matmul(self.ones, dP, out=grad["c1"])
         dQ = np.matmul(dP, p["V1"].T, out=self.dQ).reshape(-1, m)  # eq. 29
         if estimator == "ste":
             dZ = dQ                                                 # eq. 30 with (10)
@@ -1773,15 +1776,45 @@ class _MLPStep:
             dZ = _rotation_backward(dQ.T, Zg.T, Qg.T).T             # eq. 30 with (11)
         dZ = (dZ + (2.0 * beta / B) * Rz).reshape(B, -1)            # eq. 30 with (12)
         np.matmul(H1.T, dZ, out=grad["W2"])                         # eq. 31
-        np.sum(dZ, axis=0, out=grad["b2"])
+        np.matmul(self.ones, dZ, out=grad["b2"])
         dA = np.matmul(dZ, p["W2"].T, out=self.dP)
         np.multiply(H1, H1, out=H1)
         np.subtract(1.0, H1, out=H1)
         dA *= H1                                                    # eq. 32
         np.matmul(Xb.T, dA, out=grad["W1"])                         # eq. 33
-        np.sum(dA, axis=0, out=grad["b1"])
+        np.matmul(self.ones, dA, out=grad["b1"])
         grad["E"][...] = _cell_sums(Rz, k, self.K) * (-2.0 * alpha / B)   # eq. 14
         return rec, dist, k, Zg
+
+
+class _Adam:
+    """:func:`adam_step` on one vector (equal to rounding), for train_mlp: the moments and a
+    work vector are made once and every operation is in place."""
+
+    def __init__(self, size, b1=0.9, b2=0.999, eps=1e-8):
+        self.b1, self.b2, self.eps = b1, b2, eps
+        self.t = 0
+        self.m = np.zeros(size)
+        self.v = np.zeros(size)
+        self.work = np.empty(size)
+
+    def __call__(self, P, G, lr):
+        self.t += 1
+        b1, b2 = self.b1, self.b2
+        m, v, work = self.m, self.v, self.work
+        m *= b1
+        m += np.multiply(G, 1.0 - b1, out=work)                     # eq. 34, first moment
+        v *= b2
+        np.multiply(G, G, out=work)
+        work *= 1.0 - b2
+        v += work                                                   # eq. 34, second moment
+        np.divide(v, 1.0 - b2 ** self.t, out=work)                  # v_hat
+        np.sqrt(work, out=work)
+        work += self.eps
+        np.divide(m, work, out=work)                                # m / (sqrt(v_hat) + eps)
+        work *= lr / (1.0 - b1 ** self.t)                           # lr m_hat / (...)
+        P -= work                                                   # eq. 34
+        return P
 
 
 # ---------------------------------------------------- the nonlinear model's plumbing

@@ -1661,10 +1661,10 @@ def main(argv=None):
         help="only redraw the plots from OUT/results.json (no computing)",
     )
     a = p.parse_args(argv)
-    if not a.readme and importlib.util.find_spec("matplotlib") is None:  # before computing
-        p.exit(2, f"{INSTALL_HINT}\n")
     if a.quick and a.out is not None and os.path.abspath(a.out) == COMMITTED:
         p.error(f"--quick does not write into the committed {COMMITTED}; give another --out")
+    if not a.readme and importlib.util.find_spec("matplotlib") is None:  # before computing
+        p.exit(2, f"{INSTALL_HINT}\n")
     if a.out is None:
         a.out = tempfile.mkdtemp(prefix="vqref-figures-") if a.quick else COMMITTED
     if a.readme:

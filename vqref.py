@@ -1762,13 +1762,13 @@ class _MLPStep:
         dist = np.vdot(Rz, Rz) / B
         R *= 2.0 / B                                                # dX_hat, eq. 25
         np.matmul(H2.T, R, out=grad["V2"])                          # eq. 26
-        np.matmul(self.ones, R, out=grad["c2"])
+        np.matmul(self.ones, R, out=grad["c2"])                     # eq. 26
         dP = np.matmul(R, p["V2"].T, out=self.dP)
         np.multiply(H2, H2, out=H2)
         np.subtract(1.0, H2, out=H2)
         dP *= H2                                                    # eq. 27
         np.matmul(self.Q.T, dP, out=grad["V1"])                     # eq. 28
-        np.matmul(self.ones, dP, out=grad["c1"])
+        np.matmul(self.ones, dP, out=grad["c1"])                    # eq. 28
         dQ = np.matmul(dP, p["V1"].T, out=self.dQ).reshape(-1, m)  # eq. 29
         if estimator == "ste":
             dZ = dQ                                                 # eq. 30 with (10)
@@ -1776,13 +1776,13 @@ class _MLPStep:
             dZ = _rotation_backward(dQ.T, Zg.T, Qg.T).T             # eq. 30 with (11)
         dZ = (dZ + (2.0 * beta / B) * Rz).reshape(B, -1)            # eq. 30 with (12)
         np.matmul(H1.T, dZ, out=grad["W2"])                         # eq. 31
-        np.matmul(self.ones, dZ, out=grad["b2"])
+        np.matmul(self.ones, dZ, out=grad["b2"])                    # eq. 31
         dA = np.matmul(dZ, p["W2"].T, out=self.dP)
         np.multiply(H1, H1, out=H1)
         np.subtract(1.0, H1, out=H1)
         dA *= H1                                                    # eq. 32
         np.matmul(Xb.T, dA, out=grad["W1"])                         # eq. 33
-        np.matmul(self.ones, dA, out=grad["b1"])
+        np.matmul(self.ones, dA, out=grad["b1"])                    # eq. 33
         grad["E"][...] = _cell_sums(Rz, k, self.K) * (-2.0 * alpha / B)   # eq. 14
         return rec, dist, k, Zg
 

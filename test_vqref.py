@@ -1480,6 +1480,17 @@ def test_figures_quick_writes_the_plots_and_every_number_the_readme_reads():
     shutil.rmtree(tmp_path)
 
 
+def test_figures_nonlinear_runs_are_train_mlps_default_call():
+    sys.path.insert(0, HERE)
+    import figures
+    defaults = vqref.train_mlp.__kwdefaults__
+    assert figures.nl_lr(0) == {}                                   # the table's runs
+    assert figures.nl_lr(-1) == pytest.approx(dict(lr=defaults["lr"] / 3,
+                                                   lrE=defaults["lrE"] / 3))
+    n = figures.nl_config(quick=False)
+    assert n["mlp"] == {} and n["hidden"] == defaults["hidden"] and 0 in n["lr_steps"]
+
+
 def test_figures_refuses_quick_into_the_committed_folder_and_needs_matplotlib(monkeypatch,
                                                                             capsys):
     sys.path.insert(0, HERE)

@@ -893,13 +893,14 @@ def nl_task(t):
         if keep:
             out["images"] = X_hat[:NL_IMAGES].tolist()
         return out
+    t0 = time.perf_counter()
     if s["method"] == "linear":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             model = vqref.train(Xtr, estimator=s["estimator"], K=K, m=NL_M, seed=seed,
                                 **dict(s["linear"]))
-        return dict(nl_metrics(model, Xte, keep), steps=model.settings["steps_run"])
-    t0 = time.perf_counter()
+        return dict(nl_metrics(model, Xte, keep), steps=model.settings["steps_run"],
+                    seconds=time.perf_counter() - t0)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")                         # a collapse shows as such

@@ -916,13 +916,17 @@ def nl_task(t):
                 latent_norm=float(h["latent_norm"][-1]))
 
 
+def grid_lr(step):
+    """The check grid's lr at step ``step``: NL_LR * 3**step."""
+    return NL_LR * 3.0 ** step
+
+
 def nl_lr(step):
     """train_mlp's learning rates at step ``step`` of the check grid: {} (the defaults) at 0,
-    else lr = NL_LR * 3**step with lrE in the defaults' ratio."""
+    else grid_lr(step) with lrE in the defaults' ratio."""
     if step == 0:
         return {}
-    lr = NL_LR * 3.0 ** step
-    return dict(lr=lr, lrE=lr * NL_LRE_PER_LR)
+    return dict(lr=grid_lr(step), lrE=grid_lr(step) * NL_LRE_PER_LR)
 
 
 def nl_task_of(data, method, K, G, seed, n, **more):
@@ -963,7 +967,6 @@ def run_nonlinear(quick, seeds, jobs, log):
                     plan[d, "mlp", e, K, G, s] = nl_task_of(d, "mlp", K, G, s, n,
                                                             estimator=e, lr_step=0)
     steps = {p: list(n["lr_steps"]) for p in pairs}             # each grid's lr steps so far
-    rounds = dict.fromkeys(pairs, 1)
     open_grids = set(pairs)
     queue = [grid_task(d, e, j) for d, e in pairs for j in steps[d, e]]
     queue += sorted(plan.values(), key=lambda t: (dict(t[1])["G"], dict(t[1])["method"]
@@ -987,22 +990,22 @@ def run_nonlinear(quick, seeds, jobs, log):
                     continue
                 rec = {j: done[t].get("train_rec", np.inf) for j, t in tasks.items()}
                 best = min(rec, key=rec.get)
-                grids[d, e] = dict(lr=[NL_LR * 3.0 ** j for j in steps[d, e]],
+                grids[d, e] = dict(lr=[grid_lr(j) for j in steps[d, e]],
                                    train_rec=[rec[j] for j in steps[d, e]],
-                                   best=NL_LR * 3.0 ** best, default=NL_LR)
+                                   best=grid_lr(best), default=NL_LR)
                 edge = None
                 if best == steps[d, e][0]:
                     edge = best - 1
                 elif best == steps[d, e][-1]:
                     edge = best + 1
-                if edge is None or rounds[d, e] == n["grid_rounds"]:
+                rounds = 1 + len(steps[d, e]) - len(n["lr_steps"])  # one new lr a round
+                if edge is None or rounds == n["grid_rounds"]:
                     open_grids.discard((d, e))
                     log(f"nonlinear lr grid {d} {e}: {len(steps[d, e])} lrs, best "
-                        f"{NL_LR * 3.0 ** best:.3g} (elapsed "
+                        f"{grid_lr(best):.3g} (elapsed "
                         f"{time.perf_counter() - t_start:6.1f} s)")
                     continue
                 steps[d, e] = sorted(steps[d, e] + [edge])
-                rounds[d, e] += 1
                 queue.insert(0, grid_task(d, e, edge))
     log(f"nonlinear runs {len(plan):4d} (elapsed {time.perf_counter() - t_start:6.1f} s)")
     return dict(config={k: v for k, v in n.items() if k != "configs"},

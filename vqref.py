@@ -1150,7 +1150,7 @@ def train_mlp(X, *, estimator="ste", K=32, m=4, groups=1, hidden=128, lr=3e-4, l
         hist["mse"][t] = rec * scale ** 2
         hist["entropy"][t] = _entropy(counts)
         hist["dead_codes"][t] = np.sum(counts == 0)
-        hist["latent_norm"][t] = np.mean(np.sqrt(np.sum(Zg ** 2, axis=1)))
+        hist["latent_norm"][t] = np.mean(np.sqrt(_row_sq(Zg)))
         stop = False
         if tol is not None and (t + 1) % window == 0:
             stop = levelled_off(hist["mse"][:t + 1], window, tol)
@@ -1773,7 +1773,9 @@ class _MLPStep:
         if estimator == "ste":
             dZ = dQ                                                 # eq. 30 with (10)
         else:
-            dZ = _rotation_backward(dQ.T, Zg.T, Qg.T).T             # eq. 30 with (11)
+            # On (m, B G) copies: its column dot products then run along contiguous rows.
+            GZQ = [np.ascontiguousarray(a.T) for a in (dQ, Zg, Qg)]
+            dZ = _rotation_backward(*GZQ).T                         # eq. 30 with (11)
         dZ = (dZ + (2.0 * beta / B) * Rz).reshape(B, -1)            # eq. 30 with (12)
         np.matmul(H1.T, dZ, out=grad["W2"])                         # eq. 31
         np.matmul(self.ones, dZ, out=grad["b2"])                    # eq. 31
@@ -1789,30 +1791,37 @@ class _MLPStep:
 
 class _Adam:
     """:func:`adam_step` on one vector (equal to rounding), for train_mlp: the moments and a
-    work vector are made once and every operation is in place."""
+    work vector are made once and every operation is in place.
+
+    It keeps the moments divided by their weights, ``mu = m / (1 - b1)`` and
+    ``nu = v / (1 - b2)``, which spares a pass each (``mu = b1 mu + g``); the constants
+    go into the two scalars of the final division.
+    """
 
     def __init__(self, size, b1=0.9, b2=0.999, eps=1e-8):
         self.b1, self.b2, self.eps = b1, b2, eps
         self.t = 0
-        self.m = np.zeros(size)
-        self.v = np.zeros(size)
+        self.mu = np.zeros(size)
+        self.nu = np.zeros(size)
         self.work = np.empty(size)
 
     def __call__(self, P, G, lr):
         self.t += 1
         b1, b2 = self.b1, self.b2
-        m, v, work = self.m, self.v, self.work
-        m *= b1
-        m += np.multiply(G, 1.0 - b1, out=work)                     # eq. 34, first moment
-        v *= b2
-        np.multiply(G, G, out=work)
-        work *= 1.0 - b2
-        v += work                                                   # eq. 34, second moment
-        np.divide(v, 1.0 - b2 ** self.t, out=work)                  # v_hat
-        np.sqrt(work, out=work)
-        work += self.eps
-        np.divide(m, work, out=work)                                # m / (sqrt(v_hat) + eps)
-        work *= lr / (1.0 - b1 ** self.t)                           # lr m_hat / (...)
+        mu, nu, work = self.mu, self.nu, self.work
+        mu *= b1
+        mu += G                                                     # eq. 34: m = (1 - b1) mu
+        nu *= b2
+        nu += np.multiply(G, G, out=work)                           # eq. 34: v = (1 - b2) nu
+        # lr m_hat / (sqrt(v_hat) + eps) = lr mu / (sqrt(nu) s + eps / a), with m_hat = a mu
+        # (a = (1 - b1) / (1 - b1^t)) and sqrt(v_hat) = s' sqrt(nu); s = s' / a.
+        a = (1.0 - b1) / (1.0 - b1 ** self.t)
+        s = np.sqrt((1.0 - b2) / (1.0 - b2 ** self.t)) / a
+        np.sqrt(nu, out=work)
+        work *= s
+        work += self.eps / a
+        np.divide(mu, work, out=work)                               # m_hat / (sqrt(v_hat) + eps)
+        work *= lr
         P -= work                                                   # eq. 34
         return P
 

@@ -1726,6 +1726,11 @@ class _MLPStep:
     It writes each product into a buffer made once and each gradient straight into its
     place in one vector (the order of ``_pack``), so a step allocates little. A bias's
     column sum is the product ``ones (B,) @ dA``: one BLAS call, a third of ``np.sum``'s time.
+
+    With one code a row (G = 1) the decoder sees only the K codewords, so it runs on them:
+    its hidden layer and reconstructions are K rows, ``tanh(E V1 + c1)`` and ``dec(e_k)``,
+    gathered by code (the K-point quantizer of the README), and ``dV2`` is the product of
+    those K hidden rows with the batch's residuals summed by code (a one-hot product).
     """
 
     def __init__(self, B, D, H, Gm, m, K):
@@ -1738,6 +1743,8 @@ class _MLPStep:
         self.R = np.empty((B, D))
         self.dP = np.empty((B, H))
         self.dQ = np.empty((B, Gm))
+        self.one_code = Gm == m                                     # G = 1
+        self.onehot = np.zeros((K, B))                              # (K, B) for G = 1
 
     def __call__(self, Xb, p, E, estimator, beta, alpha, grad):
         """Fill ``grad`` (a dict of views) and return ``(rec, dist, k, Zg)``."""
@@ -1751,22 +1758,12 @@ class _MLPStep:
         Zg = Z.reshape(-1, m)
         k = _assign(Zg, E)                                          # eq. 21
         Qg = np.take(E, k, axis=0, out=self.Q.reshape(-1, m))
-        H2 = np.matmul(self.Q, p["V1"], out=self.H2)
-        H2 += p["c1"]
-        np.tanh(H2, out=H2)                                         # eq. 22
-        R = np.matmul(H2, p["V2"], out=self.R)
-        R += p["c2"]
-        R -= Xb                                                     # X_hat - X, eq. 23
-        rec = np.vdot(R, R) / B                                     # eq. 24
+        if self.one_code:
+            rec, dP = self._decoder_on_codewords(Xb, p, E, k, grad)    # eqs. 22-27, G = 1
+        else:
+            rec, dP = self._decoder(Xb, p, grad)                    # eqs. 22-27
         Rz = Zg - Qg
         dist = np.vdot(Rz, Rz) / B
-        R *= 2.0 / B                                                # dX_hat, eq. 25
-        np.matmul(H2.T, R, out=grad["V2"])                          # eq. 26
-        np.matmul(self.ones, R, out=grad["c2"])                     # eq. 26
-        dP = np.matmul(R, p["V2"].T, out=self.dP)
-        np.multiply(H2, H2, out=H2)
-        np.subtract(1.0, H2, out=H2)
-        dP *= H2                                                    # eq. 27
         np.matmul(self.Q.T, dP, out=grad["V1"])                     # eq. 28
         np.matmul(self.ones, dP, out=grad["c1"])                    # eq. 28
         dQ = np.matmul(dP, p["V1"].T, out=self.dQ).reshape(-1, m)  # eq. 29
@@ -1787,6 +1784,44 @@ class _MLPStep:
         np.matmul(self.ones, dA, out=grad["b1"])                    # eq. 33
         grad["E"][...] = _cell_sums(Rz, k, self.K) * (-2.0 * alpha / B)   # eq. 14
         return rec, dist, k, Zg
+
+    def _decoder(self, Xb, p, grad):
+        """Eqs. 22-27 on the batch: fills ``grad``'s V2 and c2; returns ``(rec, dP)``."""
+        B = Xb.shape[0]
+        H2 = np.matmul(self.Q, p["V1"], out=self.H2)
+        H2 += p["c1"]
+        np.tanh(H2, out=H2)                                         # eq. 22
+        R = np.matmul(H2, p["V2"], out=self.R)
+        R += p["c2"]
+        R -= Xb                                                     # X_hat - X, eq. 23
+        rec = np.vdot(R, R) / B                                     # eq. 24
+        R *= 2.0 / B                                                # dX_hat, eq. 25
+        np.matmul(H2.T, R, out=grad["V2"])                          # eq. 26
+        np.matmul(self.ones, R, out=grad["c2"])                     # eq. 26
+        dP = np.matmul(R, p["V2"].T, out=self.dP)
+        np.multiply(H2, H2, out=H2)
+        np.subtract(1.0, H2, out=H2)
+        dP *= H2                                                    # eq. 27
+        return rec, dP
+
+    def _decoder_on_codewords(self, Xb, p, E, k, grad):
+        """:meth:`_decoder` for G = 1, run on the K codewords: the same fills and returns."""
+        B = Xb.shape[0]
+        T2 = np.tanh(E @ p["V1"] + p["c1"])                         # (K, H)  eq. 22 on E
+        X_hat_K = T2 @ p["V2"] + p["c2"]                            # (K, D)  eq. 23: dec(e_k)
+        R = np.take(X_hat_K, k, axis=0, out=self.R)
+        R -= Xb                                                     # X_hat - X, eq. 23
+        rec = np.vdot(R, R) / B                                     # eq. 24
+        R *= 2.0 / B                                                # dX_hat, eq. 25
+        rows = np.arange(B)
+        self.onehot[k, rows] = 1.0                                  # (K, B) row b's code
+        R_K = self.onehot @ R                                       # (K, D)  dX_hat by code
+        self.onehot[k, rows] = 0.0
+        np.matmul(T2.T, R_K, out=grad["V2"])                        # eq. 26, H2 = T2[k]
+        np.matmul(self.ones, R, out=grad["c2"])                     # eq. 26
+        dP = np.matmul(R, p["V2"].T, out=self.dP)
+        dP *= np.take(1.0 - T2 * T2, k, axis=0, out=self.H2)        # eq. 27
+        return rec, dP
 
 
 class _Adam:

@@ -233,19 +233,25 @@ def torch_mlp_loop(torch, Xs, init, batches, estimator, beta=0.25, alpha=1.0):
 
 
 def mlp_products(Xs, init, batches):
-    """The BLAS products of train_mlp's steps alone (4 forward, 7 backward), same shapes."""
+    """The BLAS products of train_mlp's steps alone, same shapes: with one code a row (the
+    settings here), four forward (the decoder's two on the K codewords) and eight backward
+    (one a one-hot product summing dX_hat by code)."""
     p = init.params
+    E = init.E
     B = len(batches[0])
-    Q = np.zeros((B, p["V1"].shape[0]))
+    if p["V1"].shape[0] != E.shape[1]:
+        raise ValueError("mlp_products mirrors train_mlp's step for one code a row only")
+    onehot = np.zeros((E.shape[0], B))
     for idx in batches:
         Xb = Xs[idx]
         H1 = Xb @ p["W1"]
-        Z = H1 @ p["W2"]
-        H2 = Q @ p["V1"]
-        X_hat = H2 @ p["V2"]
-        H2.T @ X_hat
-        dP = X_hat @ p["V2"].T
-        Q.T @ dP
+        Z = H1 @ p["W2"]                                # (B, m), the shape of Q too
+        T2 = E @ p["V1"]
+        T2 @ p["V2"]
+        R_K = onehot @ Xb                               # Xb: the shape of dX_hat
+        T2.T @ R_K
+        dP = Xb @ p["V2"].T
+        Z.T @ dP
         dP @ p["V1"].T
         H1.T @ Z
         dA = Z @ p["W2"].T
